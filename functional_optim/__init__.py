@@ -1,0 +1,19 @@
+"""functional_optim: functional, stateless optimizers for PyTorch in the style of optax.
+
+``opt = functional_optim.adam(lr=1e-3)``; ``state = opt.init(params)``;
+``updates, state = opt.update(grads, state, params)``; ``params = apply_updates(params, updates)``.
+"""
+
+from .adam import AdamHParams, AdamState, AdamStatic, adam, adamw
+from .base import GradientTransformation, apply_updates
+
+__all__ = [
+    "GradientTransformation",
+    "apply_updates",
+    "adam",
+    "adamw",
+    "AdamHParams",
+    "AdamState",
+    "AdamStatic",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,93 @@
+"""Adam / AdamW step over lists of tensors.
+
+Kingma & Ba, "Adam: A Method for Stochastic Optimization" (2014), https://arxiv.org/abs/1412.6980;
+AMSGrad: Reddi et al., "On the Convergence of Adam and Beyond" (2018);
+decoupled weight decay: Loshchilov & Hutter, "Decoupled Weight Decay Regularization" (2019).
+
+With step t (per parameter), gradient g (negated if ``maximize``):
+
+    theta <- theta * (1 - lr * wd)              if decoupled_weight_decay
+    g     <- g + wd * theta                     otherwise (L2), if wd != 0
+    m     <- lerp(m, g, 1 - beta1)              = beta1 m + (1 - beta1) g
+    v     <- beta2 v + (1 - beta2) g^2
+    vmax  <- max(vmax, v)                       if amsgrad (then v := vmax below)
+    theta <- theta - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+
+The operation order follows ``torch.optim.adam``'s for-loop path so that results match it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .ops import Ops
+
+
+def adam_kernel(ops: Ops, params: list, grads: list, state: dict, hparams: Any, static: Any):
+    """One Adam step; returns ``(params, state)`` (the same tensors when ``ops`` is in place)."""
+    beta1, beta2 = hparams.betas
+    lr, eps, weight_decay = hparams.lr, hparams.eps, hparams.weight_decay
+    exp_avgs, exp_avg_sqs = state["exp_avg"], state["exp_avg_sq"]
+
+    steps = ops.increment_(state["step"])
+    if static.maximize:
+        grads = ops.neg(grads)
+    if _nonzero(weight_decay):
+        if static.decoupled_weight_decay:
+            params = ops.mul_(params, 1 - lr * weight_decay)
+        else:
+            grads = ops.add(grads, params, alpha=weight_decay)
+
+    exp_avgs = ops.lerp_(exp_avgs, grads, 1 - beta1)
+    exp_avg_sqs = ops.mul_(exp_avg_sqs, beta2)
+    exp_avg_sqs = ops.addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+
+    t = ops.step_values(steps)
+    neg_step_size = [-(lr / (1 - beta1**ti)) for ti in t]
+    bias_correction2_sqrt = [(1 - beta2**ti) ** 0.5 for ti in t]
+
+    new_state = {"step": steps, "exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs}
+    second_moment = exp_avg_sqs
+    if static.amsgrad:
+        second_moment = new_state["max_exp_avg_sq"] = ops.maximum_(state["max_exp_avg_sq"], exp_avg_sqs)
+
+    denom = ops.sqrt(second_moment)
+    denom = ops.div_(denom, bias_correction2_sqrt)
+    denom = ops.add_(denom, eps)
+    params = ops.addcdiv_(params, exp_avgs, denom, neg_step_size)
+    return params, new_state
+
+
+def _nonzero(x: Any) -> bool:
+    """``x != 0`` for a number; a tensor hyperparameter is always applied (no host sync)."""
+    return isinstance(x, Tensor) or x != 0
+
+
+def adam_fused_(params, grads, state: dict, hparams: Any, static: Any, grad_scale=None, found_inf=None) -> None:
+    """In place, with ``torch._fused_adam_`` / ``torch._fused_adamw_`` (one device/dtype group)."""
+    steps = state["step"]
+    torch._foreach_add_(steps, 1)
+    fused = torch._fused_adamw_ if static.decoupled_weight_decay else torch._fused_adam_
+    beta1, beta2 = hparams.betas
+    fused(
+        params,
+        grads,
+        state["exp_avg"],
+        state["exp_avg_sq"],
+        state["max_exp_avg_sq"] if static.amsgrad else [],
+        steps,
+        amsgrad=static.amsgrad,
+        lr=hparams.lr,
+        beta1=beta1,
+        beta2=beta2,
+        weight_decay=hparams.weight_decay,
+        eps=hparams.eps,
+        maximize=static.maximize,
+        grad_scale=grad_scale,
+        found_inf=found_inf,
+    )
+    if found_inf is not None:
+        torch._foreach_sub_(steps, [found_inf] * len(steps))

@@ -1,0 +1,342 @@
+"""Three ways to run the same list-of-tensors math.
+
+A kernel is written once as a sequence of calls such as ``exp_avgs = ops.lerp_(exp_avgs, grads, w)``.
+The trailing underscore marks an operation that *may* update its first argument in place:
+
+* :class:`PureOps` never mutates: every call returns new tensors. It is what the functional
+  ``update`` runs, and it works under ``torch.compile``, ``torch.func.vmap``/``grad`` and autograd.
+* :class:`LoopOps` mutates one tensor at a time with ``Tensor.*_`` methods: torch's for-loop
+  ("single tensor") implementation, also used for ``differentiable=True``.
+* :class:`ForeachOps` mutates whole lists with ``torch._foreach_*_``: torch's foreach
+  implementation (one horizontally fused launch per list on CUDA).
+
+Operations without an underscore always return new tensors.
+
+Scalars (``value``, ``alpha``, ``weight`` ...) may be a Python number, a 0-d tensor, or a list
+with one such scalar per tensor (e.g. per-parameter bias corrections).
+
+``host_scalars`` says how per-parameter step counts are read: as Python floats (``.item()``, as
+torch does when ``capturable=False``; exact double-precision scalar math, no graph capture) or as
+float64 0-d tensors (traceable, capturable, vmappable).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import torch
+from torch import Tensor
+
+Scalar = Union[float, int, Tensor]
+ScalarArg = Union[Scalar, Sequence[Scalar]]
+
+
+def _nth(scalar: ScalarArg, i: int) -> Scalar:
+    return scalar[i] if isinstance(scalar, (list, tuple)) else scalar
+
+
+class Ops:
+    """Interface shared by the three implementations (see module docstring)."""
+
+    host_scalars: bool = False
+
+    def step_values(self, steps: Sequence[Tensor]) -> list[Scalar]:
+        """Per-parameter step counts, as Python floats or as float64 0-d tensors."""
+        if self.host_scalars:
+            return [s.item() for s in steps]
+        return [s.to(torch.float64) for s in steps]
+
+    # Always out of place --------------------------------------------------------------
+    def neg(self, xs):
+        return [torch.neg(x) for x in xs]
+
+    def add(self, xs, others, alpha: ScalarArg = 1):
+        """``x + alpha * other``; ``others`` is a list of tensors."""
+        return [_add(x, o, _nth(alpha, i)) for i, (x, o) in enumerate(zip(xs, others))]
+
+    def mul(self, xs, scalar: ScalarArg):
+        return [x * _nth(scalar, i) for i, x in enumerate(xs)]
+
+    def square(self, xs):
+        return [x * x for x in xs]
+
+    def sqrt(self, xs):
+        return [torch.sqrt(x) for x in xs]
+
+    def clone(self, xs):
+        return [x.clone() for x in xs]
+
+
+def _add(x: Tensor, other, alpha: Scalar) -> Tensor:
+    if isinstance(alpha, Tensor):
+        return x + other * alpha
+    return torch.add(x, other, alpha=alpha)
+
+
+def _as_dtype_of(scalar: Scalar, like: Tensor) -> Scalar:
+    """Cast a tensor scalar to ``like``'s dtype (keeps vmap/promotion behaviour predictable)."""
+    if isinstance(scalar, Tensor) and scalar.dtype != like.dtype:
+        return scalar.to(like.dtype)
+    return scalar
+
+
+class PureOps(Ops):
+    """Out-of-place math; inputs are never mutated."""
+
+    host_scalars = False
+
+    def increment_(self, steps):
+        return [s + 1 for s in steps]
+
+    def add_(self, xs, other: ScalarArg | list, alpha: ScalarArg = 1):
+        if isinstance(other, (list, tuple)) and other and isinstance(other[0], Tensor) and other[0].dim() > 0:
+            return self.add(xs, other, alpha)
+        return [x + _as_dtype_of(_nth(other, i), x) * _nth(alpha, i) for i, x in enumerate(xs)]
+
+    def sub_(self, xs, others):
+        return [x - o for x, o in zip(xs, others)]
+
+    def mul_(self, xs, scalar: ScalarArg):
+        return [x * _as_dtype_of(_nth(scalar, i), x) for i, x in enumerate(xs)]
+
+    def mul_tensors_(self, xs, others):
+        return [x * o for x, o in zip(xs, others)]
+
+    def div_(self, xs, scalar: ScalarArg):
+        return [x / _as_dtype_of(_nth(scalar, i), x) for i, x in enumerate(xs)]
+
+    def div_tensors_(self, xs, others):
+        return [x / o for x, o in zip(xs, others)]
+
+    def lerp_(self, xs, ends, weight: ScalarArg):
+        out = []
+        for i, (x, e) in enumerate(zip(xs, ends)):
+            w = _as_dtype_of(_nth(weight, i), x)
+            out.append(torch.lerp(x, e, w) if isinstance(w, (float, int)) else x + w * (e - x))
+        return out
+
+    def addcmul_(self, xs, t1s, t2s, value: ScalarArg = 1):
+        out = []
+        for i, (x, a, b) in enumerate(zip(xs, t1s, t2s)):
+            v = _as_dtype_of(_nth(value, i), x)
+            out.append(torch.addcmul(x, a, b, value=v) if not isinstance(v, Tensor) else x + v * (a * b))
+        return out
+
+    def addcdiv_(self, xs, t1s, t2s, value: ScalarArg = 1):
+        out = []
+        for i, (x, a, b) in enumerate(zip(xs, t1s, t2s)):
+            v = _as_dtype_of(_nth(value, i), x)
+            out.append(torch.addcdiv(x, a, b, value=v) if not isinstance(v, Tensor) else x + v * (a / b))
+        return out
+
+    def maximum_(self, xs, others):
+        return [torch.maximum(x, o) for x, o in zip(xs, others)]
+
+    def sqrt_(self, xs):
+        return self.sqrt(xs)
+
+    def copy_(self, xs, srcs):
+        return list(srcs)
+
+
+class LoopOps(Ops):
+    """In-place math, one tensor at a time (torch's for-loop implementation)."""
+
+    def __init__(self, host_scalars: bool = True):
+        self.host_scalars = host_scalars
+
+    def increment_(self, steps):
+        for s in steps:
+            s += 1
+        return steps
+
+    def add_(self, xs, other: ScalarArg | list, alpha: ScalarArg = 1):
+        for i, x in enumerate(xs):
+            o, a = _nth(other, i), _nth(alpha, i)
+            if isinstance(a, Tensor):
+                x.add_(o * a)
+            else:
+                x.add_(o, alpha=a)
+        return xs
+
+    def sub_(self, xs, others):
+        for x, o in zip(xs, others):
+            x.sub_(o)
+        return xs
+
+    def mul_(self, xs, scalar: ScalarArg):
+        for i, x in enumerate(xs):
+            x.mul_(_nth(scalar, i))
+        return xs
+
+    def mul_tensors_(self, xs, others):
+        for x, o in zip(xs, others):
+            x.mul_(o)
+        return xs
+
+    def div_(self, xs, scalar: ScalarArg):
+        for i, x in enumerate(xs):
+            x.div_(_nth(scalar, i))
+        return xs
+
+    def div_tensors_(self, xs, others):
+        for x, o in zip(xs, others):
+            x.div_(o)
+        return xs
+
+    def lerp_(self, xs, ends, weight: ScalarArg):
+        for i, (x, e) in enumerate(zip(xs, ends)):
+            x.lerp_(e, _nth(weight, i))
+        return xs
+
+    def addcmul_(self, xs, t1s, t2s, value: ScalarArg = 1):
+        for i, (x, a, b) in enumerate(zip(xs, t1s, t2s)):
+            v = _nth(value, i)
+            if isinstance(v, Tensor):
+                x.add_(a * b * v)
+            else:
+                x.addcmul_(a, b, value=v)
+        return xs
+
+    def addcdiv_(self, xs, t1s, t2s, value: ScalarArg = 1):
+        for i, (x, a, b) in enumerate(zip(xs, t1s, t2s)):
+            v = _nth(value, i)
+            if isinstance(v, Tensor):
+                x.add_(torch.div(a, b).mul_(v))
+            else:
+                x.addcdiv_(a, b, value=v)
+        return xs
+
+    def maximum_(self, xs, others):
+        for x, o in zip(xs, others):
+            if torch.is_grad_enabled():
+                x.copy_(torch.maximum(x, o))
+            else:
+                torch.maximum(x, o, out=x)
+        return xs
+
+    def sqrt_(self, xs):
+        for x in xs:
+            x.sqrt_()
+        return xs
+
+    def copy_(self, xs, srcs):
+        for x, s in zip(xs, srcs):
+            x.copy_(s)
+        return xs
+
+
+def _is_tensor_list(scalar) -> bool:
+    return isinstance(scalar, (list, tuple)) and bool(scalar) and isinstance(scalar[0], Tensor)
+
+
+class ForeachOps(Ops):
+    """In-place math over whole lists with ``torch._foreach_*`` (torch's foreach implementation).
+
+    The lists handed to these methods must share one device and dtype (the compat layer groups
+    them as torch does).
+    """
+
+    def __init__(self, host_scalars: bool = True):
+        self.host_scalars = host_scalars
+
+    def neg(self, xs):
+        return list(torch._foreach_neg(xs))
+
+    def add(self, xs, others, alpha: ScalarArg = 1):
+        if isinstance(alpha, (list, tuple)) or isinstance(alpha, Tensor):
+            return super().add(xs, others, alpha)
+        return list(torch._foreach_add(xs, others, alpha=alpha))
+
+    def mul(self, xs, scalar: ScalarArg):
+        return list(torch._foreach_mul(xs, scalar))
+
+    def square(self, xs):
+        return list(torch._foreach_mul(xs, xs))
+
+    def sqrt(self, xs):
+        return list(torch._foreach_sqrt(xs))
+
+    def increment_(self, steps):
+        if steps and steps[0].is_cpu and not torch.compiler.is_compiling():
+            # one wrapped CPU scalar instead of one per tensor (as torch does)
+            torch._foreach_add_(steps, torch.tensor(1.0, device="cpu"), alpha=1.0)
+        else:
+            torch._foreach_add_(steps, 1)
+        return steps
+
+    def add_(self, xs, other: ScalarArg | list, alpha: ScalarArg = 1):
+        if isinstance(alpha, (list, tuple)) or isinstance(alpha, Tensor):
+            other = torch._foreach_mul(other, alpha) if isinstance(other, (list, tuple)) else other * alpha
+            alpha = 1
+        if isinstance(other, (list, tuple)) and other and isinstance(other[0], Tensor) and other[0].dim() > 0:
+            torch._foreach_add_(xs, other, alpha=alpha)
+        elif alpha == 1:
+            torch._foreach_add_(xs, other)
+        else:
+            torch._foreach_add_(xs, [o * alpha for o in other] if isinstance(other, (list, tuple)) else other * alpha)
+        return xs
+
+    def sub_(self, xs, others):
+        torch._foreach_sub_(xs, others)
+        return xs
+
+    def mul_(self, xs, scalar: ScalarArg):
+        torch._foreach_mul_(xs, scalar)
+        return xs
+
+    def mul_tensors_(self, xs, others):
+        torch._foreach_mul_(xs, others)
+        return xs
+
+    def div_(self, xs, scalar: ScalarArg):
+        torch._foreach_div_(xs, scalar)
+        return xs
+
+    def div_tensors_(self, xs, others):
+        torch._foreach_div_(xs, others)
+        return xs
+
+    def lerp_(self, xs, ends, weight: ScalarArg):
+        if isinstance(weight, (list, tuple)):
+            if _is_tensor_list(weight):
+                weight = [w.to(x.dtype).expand_as(x) for w, x in zip(weight, xs)]
+                torch._foreach_lerp_(xs, ends, weight)
+            else:
+                for x, e, w in zip(xs, ends, weight):
+                    x.lerp_(e, w)
+        else:
+            torch._foreach_lerp_(xs, ends, weight)
+        return xs
+
+    def addcmul_(self, xs, t1s, t2s, value: ScalarArg = 1):
+        if isinstance(value, Tensor) or _is_tensor_list(value):
+            prod = torch._foreach_mul(t1s, value if isinstance(value, Tensor) else list(value))
+            torch._foreach_addcmul_(xs, prod, t2s)
+        else:
+            torch._foreach_addcmul_(xs, t1s, t2s, value)
+        return xs
+
+    def addcdiv_(self, xs, t1s, t2s, value: ScalarArg = 1):
+        if isinstance(value, Tensor) or _is_tensor_list(value):
+            quotient = torch._foreach_div(t1s, t2s)
+            torch._foreach_mul_(quotient, value if isinstance(value, Tensor) else list(value))
+            torch._foreach_add_(xs, quotient)
+        else:
+            torch._foreach_addcdiv_(xs, t1s, t2s, value)
+        return xs
+
+    def maximum_(self, xs, others):
+        torch._foreach_maximum_(xs, others)
+        return xs
+
+    def sqrt_(self, xs):
+        torch._foreach_sqrt_(xs)
+        return xs
+
+    def copy_(self, xs, srcs):
+        torch._foreach_copy_(xs, srcs)
+        return xs
+
+
+PURE = PureOps()

@@ -1,0 +1,49 @@
+"""Hyperparameter checks with torch.optim's exception types and messages (one place for all)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def check_lr(lr: Any) -> None:
+    if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+        raise ValueError("Tensor lr must be 1-element")
+    if not 0.0 <= lr:
+        raise ValueError(f"Invalid learning rate: {lr}")
+
+
+def check_eps(eps: Any) -> None:
+    if not 0.0 <= eps:
+        raise ValueError(f"Invalid epsilon value: {eps}")
+
+
+def check_weight_decay(weight_decay: Any) -> None:
+    if not 0.0 <= weight_decay:
+        raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+
+
+def check_betas(betas: Any) -> None:
+    """Adam-style ``betas``: both in [0, 1), both floats or both tensors, tensors 1-element."""
+    for i, beta in enumerate(betas):
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"Invalid beta parameter at index {i}: {beta}")
+
+
+def check_betas_kind(betas: Any) -> None:
+    if not (
+        (isinstance(betas[0], float) and isinstance(betas[1], float))
+        or (isinstance(betas[0], torch.Tensor) and isinstance(betas[1], torch.Tensor))
+    ):
+        raise ValueError("betas must be either both floats or both Tensors")
+    for i, beta in enumerate(betas):
+        if isinstance(beta, torch.Tensor) and beta.numel() != 1:
+            raise ValueError(f"Tensor betas[{i}] must be 1-element")
+
+
+def squeeze_scalar(x: Any) -> Any:
+    """A 1-element tensor becomes 0-d (as torch's ``_to_scalar``); numbers stay numbers."""
+    if isinstance(x, torch.Tensor) and x.dim() != 0:
+        return x.squeeze()
+    return x
