@@ -1,0 +1,10 @@
+"""torch.optim-compatible optimizers backed by ``functional_optim``.
+
+``from compat import Adam`` is a drop-in for ``torch.optim.Adam``: same constructor, defaults,
+errors, ``param_groups``, ``state_dict`` layout, hooks, schedulers and implementations.
+"""
+
+from .adam import Adam, AdamW
+from .optimizer import FunctionalOptimizer
+
+__all__ = ["Adam", "AdamW", "FunctionalOptimizer"]

@@ -1,0 +1,227 @@
+"""The one adapter between ``torch.optim.Optimizer`` and the functional optimizers.
+
+A compat class (``compat.Adam`` ...) is a thin subclass of :class:`FunctionalOptimizer` that gives
+torch's constructor (signature, defaults, validation) and names its
+:class:`~functional_optim._definition.OptimizerDefinition`. Everything else lives here:
+
+* ``param_groups`` <-> kernel arguments: a group's keys are named like the definition's hparams
+  and static fields, so ``hparams = definition.hparams_type(**group)`` needs no per-class code;
+* lazy per-parameter state in torch's layout (``state[p]`` keys, dtypes, devices, ``step`` on the
+  CPU unless ``capturable``/``fused``), so ``state_dict()`` is torch's byte for byte;
+* dispatch to the for-loop (:class:`LoopOps`), foreach (:class:`ForeachOps`) or fused kernels with
+  torch's default rules, ``capturable``, ``differentiable`` and the GradScaler contract;
+* ``load_state_dict`` that validates the incoming state before anything is changed.
+
+Hooks, ``zero_grad``, ``add_param_group``, named parameters and ``state_dict`` come from
+``torch.optim.Optimizer`` itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar, Optional
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import (
+    Optimizer,
+    _default_to_fused_or_foreach,
+    _device_dtype_check_for_fused,
+    _get_capturable_supported_devices,
+    _get_scalar_dtype,
+    _use_grad_for_differentiable,
+)
+
+from functional_optim._definition import OptimizerDefinition, run_kernel
+from functional_optim._kernels.ops import ForeachOps, LoopOps
+from functional_optim._validate import squeeze_scalar
+
+FusedStep = Callable[..., None]
+
+
+class FunctionalOptimizer(Optimizer):
+    """``torch.optim.Optimizer`` whose ``step`` runs a functional optimizer's kernel in place."""
+
+    definition: ClassVar[OptimizerDefinition]
+    #: in-place fused step over one device/dtype group, or None where torch has no fused kernel
+    fused_step: ClassVar[Optional[FusedStep]] = None
+    #: whether ``step`` may be captured (``capturable``) and where
+    capturable_devices: ClassVar[Callable[[], list]] = staticmethod(lambda: _get_capturable_supported_devices())
+
+    # ------------------------------------------------------------------ group <-> kernel args
+    def _hparams(self, group: dict) -> Any:
+        fields = self.definition.hparams_type._fields
+        values = {}
+        for f in fields:
+            v = group[f]
+            values[f] = tuple(squeeze_scalar(x) for x in v) if isinstance(v, tuple) else squeeze_scalar(v)
+        return self.definition.hparams_type(**values)
+
+    def _static(self, group: dict) -> Any:
+        return self.definition.static_type(**{f: group[f] for f in self.definition.static_type._fields})
+
+    # ------------------------------------------------------------------ state
+    def _step_tensor(self, p: Tensor, group: dict) -> Tensor:
+        """torch's placement: on the param's device when capturable or fused, else a CPU scalar."""
+        if group.get("capturable") or group.get("fused"):
+            return torch.zeros((), dtype=_get_scalar_dtype(is_fused=group.get("fused")), device=p.device)
+        return torch.tensor(0.0, dtype=_get_scalar_dtype())
+
+    def _init_param_state(self, p: Tensor, group: dict) -> dict:
+        if group.get("fused"):
+            _device_dtype_check_for_fused(p)
+        slots = self.definition.init_slots(p, self._hparams(group), self._static(group))
+        state = {"step": self._step_tensor(p, group)}
+        state.update((k, v) for k, v in slots.items() if v is not None)
+        return state
+
+    def _check_grad(self, p: Tensor, group: dict) -> None:
+        if self.definition.check_grad is not None:
+            self.definition.check_grad(p.grad, None, self._static(group))
+
+    def _check_group(self, group: dict, params: list, state_steps: list) -> None:
+        """Per-step checks torch makes (override to add optimizer-specific ones)."""
+        if group.get("differentiable") and any(s.requires_grad for s in state_steps):
+            raise RuntimeError("`requires_grad` is not supported for `step` in differentiable mode")
+        if group.get("capturable") and not torch.compiler.is_compiling():
+            supported = self.capturable_devices()
+            if not all(p.device.type == s.device.type and p.device.type in supported
+                       for p, s in zip(params, state_steps)):
+                raise AssertionError(
+                    f"If capturable=True, params and state_steps must be on supported devices: {supported}."
+                )
+
+    # ------------------------------------------------------------------ dispatch
+    def _use_foreach(self, group: dict, params: list) -> bool:
+        """torch's default rule: foreach when every param is on a foreach-capable device (CUDA)."""
+        foreach = group.get("foreach")
+        if group.get("fused") is None and foreach is None:
+            _, foreach = _default_to_fused_or_foreach(params, group.get("differentiable", False), use_fused=False)
+            if foreach and isinstance(group.get("lr"), Tensor) and not group.get("capturable"):
+                foreach = False
+        return bool(foreach)
+
+    def _gather(self, group: dict) -> tuple[list, list, dict]:
+        params, grads = [], []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            self._check_grad(p, group)
+            params.append(p)
+            grads.append(p.grad)
+            if len(self.state[p]) == 0:
+                self.state[p].update(self._init_param_state(p, group))
+        names = self.definition.state_type._fields
+        state = {k: [self.state[p].get(k) for p in params] for k in names}
+        return params, grads, state
+
+    @_use_grad_for_differentiable
+    def step(self, closure: Optional[Callable[[], float]] = None):
+        """Perform a single optimization step.
+
+        Args:
+            closure (Callable, optional): A closure that reevaluates the model and returns the loss.
+        """
+        self._accelerator_graph_capture_health_check()
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads, state = self._gather(group)
+            if not params:
+                continue
+            self._check_group(group, params, state["step"])
+            self._step_group(group, params, grads, state)
+        return loss
+
+    def _step_group(self, group: dict, params: list, grads: list, state: dict) -> None:
+        hparams, static = self._hparams(group), self._static(group)
+        host_scalars = not (group.get("capturable") or group.get("differentiable"))
+        if group.get("fused"):
+            if group.get("differentiable"):
+                raise RuntimeError(f"{type(self).__name__} with fused=True does not support differentiable=True")
+            self._fused_group(params, grads, state, hparams, static)
+        elif self._use_foreach(group, params):
+            if group.get("differentiable"):
+                raise AssertionError("_foreach ops don't support autograd")
+            ops = ForeachOps(host_scalars=host_scalars)
+            for g_params, g_grads, g_state in _by_device_and_dtype(params, grads, state):
+                run_kernel(self.definition, ops, g_params, g_grads, g_state, hparams, static)
+        else:
+            run_kernel(self.definition, LoopOps(host_scalars=host_scalars), params, grads, state, hparams, static)
+
+    def _fused_group(self, params, grads, state, hparams, static) -> None:
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
+        scale_by_device: dict = {}
+        inf_by_device: dict = {}
+        for g_params, g_grads, g_state in _by_device_and_dtype(params, grads, state):
+            device = g_params[0].device
+            if grad_scale is not None and device not in scale_by_device:
+                scale_by_device[device] = grad_scale.to(device, non_blocking=True)
+            if found_inf is not None and device not in inf_by_device:
+                inf_by_device[device] = found_inf.to(device, non_blocking=True)
+            hp = hparams
+            if isinstance(hparams.lr, Tensor) and hparams.lr.device != device and hparams.lr.device.type != "cpu":
+                hp = hparams._replace(lr=hparams.lr.to(device, non_blocking=True))
+            type(self).fused_step(
+                g_params, g_grads, g_state, hp, static,
+                grad_scale=scale_by_device.get(device), found_inf=inf_by_device.get(device),
+            )
+
+    # ------------------------------------------------------------------ checkpoints
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load a torch-format state dict; a malformed one raises and leaves this optimizer as it was."""
+        self._validate_state_dict(state_dict)
+        super().load_state_dict(state_dict)
+
+    def _validate_state_dict(self, state_dict: dict) -> None:
+        if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
+            raise ValueError("optimizer state dict must be a dict with 'state' and 'param_groups' keys")
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            return  # torch's own check raises its message
+        for group, saved in zip(self.param_groups, saved_groups):
+            if len(group["params"]) != len(saved["params"]):
+                return
+            merged = {**group, **{k: v for k, v in saved.items() if k != "params"}}
+            try:
+                hparams, static = self._hparams(merged), self._static(merged)
+            except KeyError:
+                hparams = static = None
+            for p, pid in zip(group["params"], saved["params"]):
+                entry = state_dict["state"].get(pid)
+                if entry is None:
+                    continue
+                if not isinstance(entry, dict):
+                    raise ValueError(f"state of parameter {pid} must be a dict, got {type(entry).__name__}")
+                if "step" not in entry:
+                    raise ValueError(f"state of parameter {pid} has no 'step'")
+                if static is None:
+                    continue
+                expected = self.definition.init_slots(torch.empty_like(p, device="meta"), hparams, static)
+                for key, like in expected.items():
+                    if like is None:
+                        continue
+                    value = entry.get(key)
+                    if not isinstance(value, Tensor):
+                        raise ValueError(f"state of parameter {pid} is missing tensor '{key}'")
+                    if value.shape != like.shape:
+                        raise ValueError(
+                            f"state '{key}' of parameter {pid} has shape {tuple(value.shape)}, "
+                            f"expected {tuple(like.shape)}"
+                        )
+
+
+def _by_device_and_dtype(params: list, grads: list, state: dict):
+    """Yield ``(params, grads, state)`` sub-lists sharing one device and dtype, as torch groups them."""
+    keys = [k for k, v in state.items() if all(t is not None for t in v)]
+    lists = [params, grads] + [state[k] for k in keys]
+    if torch.compiler.is_compiling():
+        yield params, grads, state
+        return
+    grouped = Optimizer._group_tensors_by_device_and_dtype(lists)
+    for (g_params, g_grads, *g_slots), _ in grouped.values():
+        g_state = {k: [None] * len(g_params) for k in state}
+        g_state.update(zip(keys, g_slots))
+        yield g_params, g_grads, g_state
