@@ -4,7 +4,8 @@
 errors, ``param_groups``, ``state_dict`` layout, hooks, schedulers and implementations.
 """
 
+from .adadelta import Adadelta
 from .adam import Adam, AdamW
 from .optimizer import FunctionalOptimizer
 
-__all__ = ["Adam", "AdamW", "FunctionalOptimizer"]
+__all__ = ["Adadelta", "Adam", "AdamW", "FunctionalOptimizer"]

@@ -82,6 +82,10 @@ class FunctionalOptimizer(Optimizer):
         """Per-step checks torch makes (override to add optimizer-specific ones)."""
         if group.get("differentiable") and any(s.requires_grad for s in state_steps):
             raise RuntimeError("`requires_grad` is not supported for `step` in differentiable mode")
+        self._check_capturable(group, params, state_steps)
+
+    def _check_capturable(self, group: dict, params: list, state_steps: list) -> None:
+        """torch's ``capturable`` device check (skipped while compiling, as torch does)."""
         if group.get("capturable") and not torch.compiler.is_compiling():
             supported = self.capturable_devices()
             if not all(p.device.type == s.device.type and p.device.type in supported
@@ -134,9 +138,13 @@ class FunctionalOptimizer(Optimizer):
             self._step_group(group, params, grads, state)
         return loss
 
+    def _host_scalars(self, group: dict) -> bool:
+        """Whether torch reads the per-parameter steps with ``.item()`` (unless capturable or differentiable)."""
+        return not (group.get("capturable") or group.get("differentiable"))
+
     def _step_group(self, group: dict, params: list, grads: list, state: dict) -> None:
         hparams, static = self._hparams(group), self._static(group)
-        host_scalars = not (group.get("capturable") or group.get("differentiable"))
+        host_scalars = self._host_scalars(group)
         if group.get("fused"):
             if group.get("differentiable"):
                 raise RuntimeError(f"{type(self).__name__} with fused=True does not support differentiable=True")
@@ -215,7 +223,7 @@ class FunctionalOptimizer(Optimizer):
 
 def _by_device_and_dtype(params: list, grads: list, state: dict):
     """Yield ``(params, grads, state)`` sub-lists sharing one device and dtype, as torch groups them."""
-    keys = [k for k, v in state.items() if all(t is not None for t in v)]
+    keys = [k for k, v in state.items() if any(t is not None for t in v)]  # None entries ride along
     lists = [params, grads] + [state[k] for k in keys]
     if torch.compiler.is_compiling():
         yield params, grads, state

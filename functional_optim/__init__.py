@@ -4,6 +4,7 @@
 ``updates, state = opt.update(grads, state, params)``; ``params = apply_updates(params, updates)``.
 """
 
+from .adadelta import AdadeltaHParams, AdadeltaState, AdadeltaStatic, adadelta
 from .adam import AdamHParams, AdamState, AdamStatic, adam, adamw
 from .base import GradientTransformation, apply_updates
 
@@ -15,5 +16,9 @@ __all__ = [
     "AdamHParams",
     "AdamState",
     "AdamStatic",
+    "adadelta",
+    "AdadeltaHParams",
+    "AdadeltaState",
+    "AdadeltaStatic",
 ]
 __version__ = "0.1.0"

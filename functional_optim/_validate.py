@@ -19,9 +19,30 @@ def check_eps(eps: Any) -> None:
         raise ValueError(f"Invalid epsilon value: {eps}")
 
 
+def check_lr_decay(lr_decay: Any) -> None:
+    if not 0.0 <= lr_decay:
+        raise ValueError(f"Invalid lr_decay value: {lr_decay}")
+
+
+def check_initial_accumulator_value(initial_accumulator_value: Any) -> None:
+    if not 0.0 <= initial_accumulator_value:
+        raise ValueError(f"Invalid initial_accumulator_value value: {initial_accumulator_value}")
+
+
 def check_weight_decay(weight_decay: Any) -> None:
     if not 0.0 <= weight_decay:
         raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+
+
+def check_momentum_decay(momentum_decay: Any) -> None:
+    if not 0.0 <= momentum_decay:
+        raise ValueError(f"Invalid momentum_decay value: {momentum_decay}")
+
+
+def check_rho(rho: Any) -> None:
+    """Adadelta's ``rho`` in [0, 1]."""
+    if not 0.0 <= rho <= 1.0:
+        raise ValueError(f"Invalid rho value: {rho}")
 
 
 def check_betas(betas: Any) -> None:
@@ -47,3 +68,21 @@ def squeeze_scalar(x: Any) -> Any:
     if isinstance(x, torch.Tensor) and x.dim() != 0:
         return x.squeeze()
     return x
+
+
+def check_adafactor(lr: Any, beta2_decay: Any, eps: Any, d: Any, weight_decay: Any) -> None:
+    """torch.optim.Adafactor's checks, in its order (``eps`` is ``(eps1 | None, eps2)``)."""
+    if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+        raise ValueError("Tensor lr must be 1-element")
+    if not 0.0 <= lr:
+        raise ValueError(f"Learning rate should be >= 0 but is: {lr}")
+    if not 0.0 >= beta2_decay:
+        raise ValueError(f"beta2_decay should be <= 0 but is: {beta2_decay}")
+    if eps[0] is not None and not 0.0 <= eps[0]:
+        raise ValueError(f"epsilon1 should be >= 0 but is: {eps[0]}")
+    if not 0.0 <= eps[1]:
+        raise ValueError(f"epsilon2 should be >= 0 but is: {eps[1]}")
+    if not 1.0 <= d:
+        raise ValueError(f"Clipping threshold d should be >= 1 but is: {d}")
+    if not 0.0 <= weight_decay:
+        raise ValueError(f"weight_decay should be >= 0 but is: {weight_decay}")

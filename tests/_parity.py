@@ -81,12 +81,21 @@ def assert_state_dicts_match(sd_actual: dict, sd_expected: dict, dtype) -> None:
     assert sd_actual["param_groups"] == sd_expected["param_groups"]
 
 
+def _equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """``torch.equal`` that also compares sparse (COO) tensors."""
+    if a.is_sparse or b.is_sparse:
+        return a.is_sparse == b.is_sparse and torch.equal(a.to_dense(), b.to_dense())
+    return torch.equal(a, b)
+
+
 def run_compat_parity(torch_cls, compat_cls, kwargs: dict, dtype: torch.dtype, steps: int = 6,
-                      two_groups: bool = True, swap_at: int | None = None) -> None:
+                      two_groups: bool = True, swap_at: int | None = None,
+                      grad_fn: Callable = grads_for_step) -> None:
     """Step ``torch_cls`` and ``compat_cls`` on the same grads; compare params and state dicts.
 
     With ``swap_at``, both optimizers' state dicts are cross-loaded (torch -> compat and
-    compat -> torch) after that step, and the runs continue.
+    compat -> torch) after that step, and the runs continue. ``grad_fn(params, step)`` makes
+    each step's grads (e.g. sparse ones).
     """
     params = make_params(dtype)
     ref = [p.clone().requires_grad_() for p in params]
@@ -100,7 +109,7 @@ def run_compat_parity(torch_cls, compat_cls, kwargs: dict, dtype: torch.dtype, s
     opt_ref = torch_cls(groups(ref), **kwargs)
     opt_ours = compat_cls(groups(ours), **kwargs)
     for step in range(steps):
-        for r, o, g in zip(ref, ours, grads_for_step(params, step)):
+        for r, o, g in zip(ref, ours, grad_fn(params, step)):
             r.grad = None if g is None else g.clone()
             o.grad = None if g is None else g.clone()
         opt_ref.step()
@@ -118,7 +127,8 @@ def run_compat_parity(torch_cls, compat_cls, kwargs: dict, dtype: torch.dtype, s
 
 
 def run_functional_parity(torch_cls, make_transform: Callable[[], fo.GradientTransformation], kwargs: dict,
-                          dtype: torch.dtype, steps: int = 6, state_to_torch_keys=None) -> None:
+                          dtype: torch.dtype, steps: int = 6, state_to_torch_keys=None,
+                          grad_fn: Callable = grads_for_step) -> None:
     """Step ``torch_cls`` and the functional optimizer on dict params; compare params and state."""
     params = make_params(dtype)
     names = [f"p{i}" for i in range(len(params))]
@@ -128,7 +138,7 @@ def run_functional_parity(torch_cls, make_transform: Callable[[], fo.GradientTra
     tree = {n: p.clone() for n, p in zip(names, params)}
     state = tx.init(tree)
     for step in range(steps):
-        grads = grads_for_step(params, step)
+        grads = grad_fn(params, step)
         for r, g in zip(ref, grads):
             r.grad = None if g is None else g.clone()
         opt_ref.step()
@@ -139,7 +149,7 @@ def run_functional_parity(torch_cls, make_transform: Callable[[], fo.GradientTra
         for n in names:  # purity: inputs untouched
             assert torch.equal(tree[n], before[n])
             if g_before[n] is not None:
-                assert torch.equal(g_tree[n], g_before[n])
+                assert _equal(g_tree[n], g_before[n])
         tree = fo.apply_updates(tree, updates)
         state = new_state
         for i, (n, r) in enumerate(zip(names, ref)):
@@ -154,3 +164,10 @@ def run_functional_parity(torch_cls, make_transform: Callable[[], fo.GradientTra
                 if isinstance(value, torch.Tensor):
                     assert ours.shape == value.shape and ours.dtype == value.dtype, (n, key)
                     assert_close(ours, value, dtype, f"state {key} of {n} after step {step}")
+
+
+def signature_shape(fn) -> list[tuple]:
+    """(name, kind, default) of every parameter: a signature compared without annotations."""
+    import inspect
+
+    return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]

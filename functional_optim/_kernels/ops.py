@@ -16,8 +16,9 @@ Scalars (``value``, ``alpha``, ``weight`` ...) may be a Python number, a 0-d ten
 with one such scalar per tensor (e.g. per-parameter bias corrections).
 
 ``host_scalars`` says how per-parameter step counts are read: as Python floats (``.item()``, as
-torch does when ``capturable=False``; exact double-precision scalar math, no graph capture) or as
-float64 0-d tensors (traceable, capturable, vmappable).
+torch does when ``capturable=False``; double-precision scalar math, no graph capture) or as 0-d
+tensors (traceable, capturable, vmappable): float64 for the pure path, the step's own dtype for
+the in-place paths (as torch's ``capturable``/``differentiable`` code does).
 """
 
 from __future__ import annotations
@@ -39,12 +40,21 @@ class Ops:
     """Interface shared by the three implementations (see module docstring)."""
 
     host_scalars: bool = False
+    #: dtype of tensor scalars read from state (None: as stored, like torch's capturable path)
+    step_dtype: torch.dtype | None = None
 
     def step_values(self, steps: Sequence[Tensor]) -> list[Scalar]:
-        """Per-parameter step counts, as Python floats or as float64 0-d tensors."""
+        """Per-parameter step counts, as Python floats or as 0-d tensors."""
+        return self.scalar_values(steps)
+
+    def scalar_values(self, scalars: Sequence[Tensor]) -> list[Scalar]:
+        """0-d tensors (step counts, norms ...) read as Python floats (``.item()``, when
+        ``host_scalars``) or kept as 0-d tensors in ``step_dtype`` (traceable, no host sync)."""
         if self.host_scalars:
-            return [s.item() for s in steps]
-        return [s.to(torch.float64) for s in steps]
+            return [s.item() for s in scalars]
+        if self.step_dtype is None:
+            return list(scalars)
+        return [s.to(self.step_dtype) for s in scalars]
 
     # Always out of place --------------------------------------------------------------
     def neg(self, xs):
@@ -53,6 +63,10 @@ class Ops:
     def add(self, xs, others, alpha: ScalarArg = 1):
         """``x + alpha * other``; ``others`` is a list of tensors."""
         return [_add(x, o, _nth(alpha, i)) for i, (x, o) in enumerate(zip(xs, others))]
+
+    def add_scalar(self, xs, value: ScalarArg):
+        """``x + value`` for a scalar ``value`` (a tensor scalar is cast to ``x``'s dtype)."""
+        return [x + _as_dtype_of(_nth(value, i), x) for i, x in enumerate(xs)]
 
     def mul(self, xs, scalar: ScalarArg):
         return [x * _nth(scalar, i) for i, x in enumerate(xs)]
@@ -81,9 +95,14 @@ def _as_dtype_of(scalar: Scalar, like: Tensor) -> Scalar:
 
 
 class PureOps(Ops):
-    """Out-of-place math; inputs are never mutated."""
+    """Out-of-place math; inputs are never mutated.
+
+    Step-derived scalars (bias corrections ...) are float64 0-d tensors, which matches torch's
+    default (host, double precision) scalar math without any host synchronisation.
+    """
 
     host_scalars = False
+    step_dtype = torch.float64
 
     def increment_(self, steps):
         return [s + 1 for s in steps]
@@ -139,11 +158,31 @@ class PureOps(Ops):
         return list(srcs)
 
 
+def _saved(t: Tensor) -> Tensor:
+    """Under autograd, an operand that backward saves must not be mutated later: copy it."""
+    return t.clone() if torch.is_grad_enabled() else t
+
+
 class LoopOps(Ops):
     """In-place math, one tensor at a time (torch's for-loop implementation)."""
 
     def __init__(self, host_scalars: bool = True):
         self.host_scalars = host_scalars
+
+    def _value(self, scalar: ScalarArg, i: int) -> Scalar:
+        """The ``value=``/``alpha=`` argument for tensor ``i``: torch passes a tensor there as a
+        Python number (read on the host) unless it must stay a tensor (capturable/autograd)."""
+        v = _nth(scalar, i)
+        if self.host_scalars and isinstance(v, Tensor) and not v.requires_grad:
+            return v.item()
+        return v
+
+    def sqrt(self, xs):
+        # A temporary may be updated in place by later ops; under autograd sqrt's backward saves
+        # its output, so hand out a copy that is safe to mutate (differentiable=True only).
+        if torch.is_grad_enabled():
+            return [torch.sqrt(x).clone() for x in xs]
+        return [torch.sqrt(x) for x in xs]
 
     def increment_(self, steps):
         for s in steps:
@@ -152,7 +191,7 @@ class LoopOps(Ops):
 
     def add_(self, xs, other: ScalarArg | list, alpha: ScalarArg = 1):
         for i, x in enumerate(xs):
-            o, a = _nth(other, i), _nth(alpha, i)
+            o, a = _nth(other, i), self._value(alpha, i)
             if isinstance(a, Tensor):
                 x.add_(o * a)
             else:
@@ -191,7 +230,8 @@ class LoopOps(Ops):
 
     def addcmul_(self, xs, t1s, t2s, value: ScalarArg = 1):
         for i, (x, a, b) in enumerate(zip(xs, t1s, t2s)):
-            v = _nth(value, i)
+            v = self._value(value, i)
+            a, b = _saved(a), _saved(b)
             if isinstance(v, Tensor):
                 x.add_(a * b * v)
             else:
@@ -200,7 +240,8 @@ class LoopOps(Ops):
 
     def addcdiv_(self, xs, t1s, t2s, value: ScalarArg = 1):
         for i, (x, a, b) in enumerate(zip(xs, t1s, t2s)):
-            v = _nth(value, i)
+            v = self._value(value, i)
+            a, b = _saved(a), _saved(b)
             if isinstance(v, Tensor):
                 x.add_(torch.div(a, b).mul_(v))
             else:
@@ -210,7 +251,7 @@ class LoopOps(Ops):
     def maximum_(self, xs, others):
         for x, o in zip(xs, others):
             if torch.is_grad_enabled():
-                x.copy_(torch.maximum(x, o))
+                x.copy_(torch.maximum(_saved(x), _saved(o)))
             else:
                 torch.maximum(x, o, out=x)
         return xs
@@ -247,6 +288,11 @@ class ForeachOps(Ops):
         if isinstance(alpha, (list, tuple)) or isinstance(alpha, Tensor):
             return super().add(xs, others, alpha)
         return list(torch._foreach_add(xs, others, alpha=alpha))
+
+    def add_scalar(self, xs, value: ScalarArg):
+        if _is_tensor_list(value):
+            return super().add_scalar(xs, value)
+        return list(torch._foreach_add(xs, value))
 
     def mul(self, xs, scalar: ScalarArg):
         return list(torch._foreach_mul(xs, scalar))
