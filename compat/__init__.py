@@ -6,6 +6,7 @@ errors, ``param_groups``, ``state_dict`` layout, hooks, schedulers and implement
 
 from .adadelta import Adadelta
 from .adam import Adam, AdamW
+from .nadam import NAdam
 from .optimizer import FunctionalOptimizer
 
-__all__ = ["Adadelta", "Adam", "AdamW", "FunctionalOptimizer"]
+__all__ = ["Adadelta", "Adam", "AdamW", "NAdam", "FunctionalOptimizer"]

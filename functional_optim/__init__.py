@@ -6,6 +6,7 @@
 
 from .adadelta import AdadeltaHParams, AdadeltaState, AdadeltaStatic, adadelta
 from .adam import AdamHParams, AdamState, AdamStatic, adam, adamw
+from .nadam import NAdamHParams, NAdamState, NAdamStatic, nadam
 from .base import GradientTransformation, apply_updates
 
 __all__ = [
@@ -20,5 +21,9 @@ __all__ = [
     "AdadeltaHParams",
     "AdadeltaState",
     "AdadeltaStatic",
+    "nadam",
+    "NAdamHParams",
+    "NAdamState",
+    "NAdamStatic",
 ]
 __version__ = "0.1.0"
