@@ -35,6 +35,8 @@ from functional_optim._definition import OptimizerDefinition, run_kernel
 from functional_optim._kernels.ops import ForeachOps, LoopOps
 from functional_optim._validate import squeeze_scalar
 
+from . import convert
+
 FusedStep = Callable[..., None]
 
 
@@ -144,7 +146,8 @@ class FunctionalOptimizer(Optimizer):
 
     def _step_group(self, group: dict, params: list, grads: list, state: dict) -> None:
         hparams, static = self._hparams(group), self._static(group)
-        host_scalars = self._host_scalars(group)
+        # under torch.compile scalars stay tensors (no .item() graph breaks), as torch.optim does
+        host_scalars = self._host_scalars(group) and not torch.compiler.is_compiling()
         if group.get("fused"):
             if group.get("differentiable"):
                 raise RuntimeError(f"{type(self).__name__} with fused=True does not support differentiable=True")
@@ -176,6 +179,18 @@ class FunctionalOptimizer(Optimizer):
                 g_params, g_grads, g_state, hp, static,
                 grad_scale=scale_by_device.get(device), found_inf=inf_by_device.get(device),
             )
+
+    # ------------------------------------------------------------------ the functional API
+    def to_functional(self, params: Any):
+        """``(transformation, state)``: this optimizer as a functional one over the pytree ``params``.
+
+        See :mod:`compat.convert`; continuing with the functional update gives the same numbers.
+        """
+        return convert.to_functional(self, params)
+
+    def load_functional(self, params: Any, state: Any) -> None:
+        """Continue from a functional ``state`` shaped like ``params`` (see :mod:`compat.convert`)."""
+        convert.load_functional(self, params, state)
 
     # ------------------------------------------------------------------ checkpoints
     def load_state_dict(self, state_dict: dict) -> None:
