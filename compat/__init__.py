@@ -5,8 +5,9 @@ errors, ``param_groups``, ``state_dict`` layout, hooks, schedulers and implement
 """
 
 from .adadelta import Adadelta
+from .adagrad import Adagrad
 from .adam import Adam, AdamW
 from .nadam import NAdam
 from .optimizer import FunctionalOptimizer
 
-__all__ = ["Adadelta", "Adam", "AdamW", "NAdam", "FunctionalOptimizer"]
+__all__ = ["Adadelta", "Adagrad", "Adam", "AdamW", "NAdam", "FunctionalOptimizer"]

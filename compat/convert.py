@@ -15,7 +15,7 @@ import torch
 
 from functional_optim._definition import make_transformation, new_step
 from functional_optim.base import GradientTransformation
-from functional_optim.tree import check_same_structure, flatten, leaf_paths, unflatten
+from functional_optim.tree import EMPTY, check_same_structure, flatten, leaf_paths, unflatten
 
 
 def _groups_of(optimizer, params: Any) -> tuple[list, Any, list, list]:
@@ -71,7 +71,7 @@ def to_functional(optimizer, params: Any) -> tuple[GradientTransformation, Any]:
             value = layout[name]
             if value is not None and name in torch_state:
                 value.copy_(torch_state[name])
-            fields[name].append(value)
+            fields[name].append(EMPTY if value is None else value)
     state = definition.state_type(**{k: unflatten(spec, v) for k, v in fields.items()})
     return make_transformation(definition, hparams, static), state
 

@@ -4,6 +4,7 @@
 ``updates, state = opt.update(grads, state, params)``; ``params = apply_updates(params, updates)``.
 """
 
+from .adagrad import AdagradHParams, AdagradState, AdagradStatic, adagrad
 from .adadelta import AdadeltaHParams, AdadeltaState, AdadeltaStatic, adadelta
 from .adam import AdamHParams, AdamState, AdamStatic, adam, adamw
 from .nadam import NAdamHParams, NAdamState, NAdamStatic, nadam
@@ -21,6 +22,10 @@ __all__ = [
     "AdadeltaHParams",
     "AdadeltaState",
     "AdadeltaStatic",
+    "adagrad",
+    "AdagradHParams",
+    "AdagradState",
+    "AdagradStatic",
     "nadam",
     "NAdamHParams",
     "NAdamState",

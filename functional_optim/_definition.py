@@ -8,7 +8,7 @@ once over lists of tensors (``functional_optim._kernels``). This module turns a 
 * and the in-place machinery the ``compat`` classes use (same kernel, in-place ``Ops``).
 
 State layout: a NamedTuple whose fields are ``step`` plus the slot names; each field is a pytree
-with the structure of ``params`` (``None`` where a slot does not apply to that leaf, e.g.
+with the structure of ``params`` (:data:`~functional_optim.tree.EMPTY` where a slot does not apply to that leaf, e.g.
 Adafactor's ``row_var`` for a vector). ``step`` is one 0-d float32 tensor per leaf, so leaves that
 get no gradient keep their own count, exactly like torch's per-parameter ``state[p]["step"]``.
 """
@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ._kernels.ops import PURE, Ops
 from .base import GradientTransformation
-from .tree import check_leaves_match, check_same_structure, flatten, leaf_paths, unflatten
+from .tree import EMPTY, is_empty, check_leaves_match, check_same_structure, flatten, leaf_paths, unflatten
 
 # kernel(ops, params, grads, state, hparams, static) -> (new_params, new_state)
 #   params/grads: lists of real tensors; state: dict slot name -> list (incl. "step")
@@ -66,11 +66,15 @@ def _like_original(new, original):
 
 def run_kernel(definition: OptimizerDefinition, ops: Ops, params: list, grads: list, state: dict,
                hparams: Any, static: Any) -> tuple[list, dict]:
-    """Run ``definition.kernel`` on lists, viewing complex tensors as real around it (as torch does)."""
-    real_state = {k: [_as_real(t) for t in v] for k, v in state.items()}
-    new_params, new_state = definition.kernel(
-        ops, [_as_real(p) for p in params], [_as_real(g) for g in grads], real_state, hparams, static
-    )
+    """Run ``definition.kernel`` on lists, viewing complex tensors as real around it (as torch does).
+
+    Leaves with a sparse gradient are passed as they are: torch's sparse paths (Adagrad) work on
+    complex values directly.
+    """
+    dense = [not (isinstance(g, Tensor) and g.is_sparse) for g in grads]
+    as_real = lambda ts: [_as_real(t) if d else t for t, d in zip(ts, dense)]  # noqa: E731
+    real_state = {k: as_real(v) for k, v in state.items()}
+    new_params, new_state = definition.kernel(ops, as_real(params), as_real(grads), real_state, hparams, static)
     new_params = [_like_original(n, o) for n, o in zip(new_params, params)]
     new_state = {k: [_like_original(n, o) for n, o in zip(new_state[k], v)] if k in new_state else v
                  for k, v in state.items()}
@@ -98,7 +102,7 @@ def make_transformation(definition: OptimizerDefinition, hparams: Any, static: A
         fields = {"step": unflatten(spec, [new_step(p) for p in leaves])}
         per_leaf = [definition.init_slots(p, hparams, static) for p in leaves]
         for slot in definition.slots:
-            fields[slot] = unflatten(spec, [s[slot] for s in per_leaf])
+            fields[slot] = unflatten(spec, [EMPTY if s[slot] is None else s[slot] for s in per_leaf])
         return definition.state_type(**fields)
 
     def update(grads, state, params=None, hparams_now=None):
@@ -116,7 +120,7 @@ def make_transformation(definition: OptimizerDefinition, hparams: Any, static: A
         fields = {}
         for name in state._fields:
             check_same_structure(params, getattr(state, name), "params", f"state.{name}")
-            fields[name] = flatten(getattr(state, name))[0]
+            fields[name] = [None if is_empty(x) else x for x in flatten(getattr(state, name))[0]]
         paths = leaf_paths(params) if not torch.compiler.is_compiling() else [""] * len(p_leaves)
         check_leaves_match(p_leaves, g_leaves, paths, "grads")
         if definition.check_grad is not None:
@@ -137,7 +141,7 @@ def make_transformation(definition: OptimizerDefinition, hparams: Any, static: A
             leaves = list(leaves)
             for j, i in enumerate(active):
                 leaves[i] = new_state[name][j]
-            fields[name] = unflatten(spec, leaves)
+            fields[name] = unflatten(spec, [EMPTY if x is None else x for x in leaves])
         return unflatten(spec, update_leaves), definition.state_type(**fields)
 
-    return GradientTransformation(init, update)
+    return GradientTransformation(init, update, hparams)

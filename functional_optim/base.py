@@ -26,10 +26,18 @@ __all__ = ["GradientTransformation", "apply_updates", "Params", "Updates", "Stat
 
 
 class GradientTransformation(NamedTuple):
-    """``init(params) -> state`` and ``update(grads, state, params=None, hparams=None) -> (updates, state)``."""
+    """``init(params) -> state`` and ``update(grads, state, params=None, hparams=None) -> (updates, state)``.
+
+    ``hparams`` is the record of default hyperparameters that ``update`` uses when it is given
+    none (``None`` for a transformation without numeric hyperparameters; a tuple or dict of the
+    parts' records for a combinator). Passing a record of the same shape to ``update`` changes
+    the numbers for that call; :func:`functional_optim.inject_hyperparams` and
+    ``compat.TransformationOptimizer`` find the fields to set through it.
+    """
 
     init: Callable[[Params], State]
     update: Callable[..., tuple[Updates, State]]
+    hparams: Any = None
 
 
 def apply_updates(params: Params, updates: Updates) -> Params:

@@ -3,16 +3,23 @@
 Every tree in this library is flattened with ``none_is_leaf=True`` so that a ``None`` gradient
 (a parameter that received no gradient this step) keeps its slot and stays aligned with its
 parameter and its optimizer state.
+
+A state slot that does not apply to a leaf (AMSGrad's maximum when ``amsgrad=False``,
+Adafactor's ``row_var`` for a vector) holds :data:`EMPTY`. Our helpers treat it as a leaf, so
+state fields stay aligned with the params; every other pytree tool (``torch.func.vmap``,
+``optree.tree_map``, ``torch.utils._pytree``) sees an empty node with nothing in it.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import optree
 import torch
 
 __all__ = [
+    "EMPTY",
+    "Empty",
     "flatten",
     "unflatten",
     "leaf_paths",
@@ -22,9 +29,20 @@ __all__ = [
 ]
 
 
+class Empty(NamedTuple):
+    """Marks a state slot that does not apply to its leaf (an empty pytree node)."""
+
+
+EMPTY = Empty()
+
+
+def is_empty(x: Any) -> bool:
+    return isinstance(x, Empty)
+
+
 def flatten(tree: Any) -> tuple[list[Any], optree.PyTreeSpec]:
-    """Flatten ``tree`` keeping ``None`` leaves in place."""
-    return optree.tree_flatten(tree, none_is_leaf=True)
+    """Flatten ``tree`` keeping ``None`` and :data:`EMPTY` leaves in place."""
+    return optree.tree_flatten(tree, is_leaf=is_empty, none_is_leaf=True)
 
 
 def unflatten(spec: optree.PyTreeSpec, leaves: Sequence[Any]) -> Any:
@@ -41,13 +59,13 @@ def format_path(path: tuple) -> str:
 
 def leaf_paths(tree: Any) -> list[str]:
     """Readable path of every leaf of ``tree`` (``None`` leaves included)."""
-    return [format_path(p) for p in optree.tree_paths(tree, none_is_leaf=True)]
+    return [format_path(p) for p in optree.tree_paths(tree, is_leaf=is_empty, none_is_leaf=True)]
 
 
 def check_same_structure(reference: Any, other: Any, reference_name: str, other_name: str) -> None:
     """Raise ``ValueError`` naming the first path where ``other`` differs from ``reference``."""
-    ref_spec = optree.tree_structure(reference, none_is_leaf=True)
-    other_spec = optree.tree_structure(other, none_is_leaf=True)
+    ref_spec = optree.tree_structure(reference, is_leaf=is_empty, none_is_leaf=True)
+    other_spec = optree.tree_structure(other, is_leaf=is_empty, none_is_leaf=True)
     if ref_spec == other_spec:
         return
     ref_paths = leaf_paths(reference)

@@ -1,0 +1,163 @@
+"""``compat.Adagrad``: drop-in for ``torch.optim.Adagrad``."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import (
+    ParamsT,
+    _default_to_fused_or_foreach,
+    _device_dtype_check_for_fused,
+    _get_scalar_dtype,
+)
+
+from functional_optim._definition import run_kernel
+from functional_optim._kernels.adagrad import adagrad_fused_
+from functional_optim._kernels.ops import ForeachOps, LoopOps
+from functional_optim.adagrad import ADAGRAD, AdagradHParams, validate
+
+from .optimizer import FunctionalOptimizer, _by_device_and_dtype
+
+__all__ = ["Adagrad"]
+
+
+class Adagrad(FunctionalOptimizer):
+    """Adagrad (Duchi et al., 2011) with torch.optim.Adagrad's API; math in ``functional_optim.adagrad``.
+
+    See :func:`functional_optim.adagrad` for the formula. Every argument means what it means in
+    ``torch.optim.Adagrad``. As there, the state (``step`` and ``sum``) of every parameter is
+    created by the constructor, sparse gradients are supported (for-loop and foreach; not with
+    ``weight_decay`` nor ``fused``), and ``fused`` rejects complex parameters.
+    """
+
+    definition = ADAGRAD
+    fused_step = staticmethod(adagrad_fused_)
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | Tensor = 1e-2,
+        lr_decay: float = 0,
+        weight_decay: float = 0,
+        initial_accumulator_value: float = 0,
+        eps: float = 1e-10,
+        foreach: bool | None = None,
+        *,
+        maximize: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+    ) -> None:
+        validate(AdagradHParams(lr, lr_decay, weight_decay, eps), initial_accumulator_value)
+        defaults = {
+            "lr": lr,
+            "lr_decay": lr_decay,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "initial_accumulator_value": initial_accumulator_value,
+            "foreach": foreach,
+            "maximize": maximize,
+            "differentiable": differentiable,
+            "fused": fused,
+        }
+        super().__init__(params, defaults)
+        if fused:
+            if differentiable:
+                raise RuntimeError("`fused` does not support `differentiable`")
+            if foreach:
+                raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+            self._need_device_dtype_check_for_fused = True
+            self._step_supports_amp_scaling = True
+        # torch creates every parameter's state here (no fused device/dtype check yet)
+        for group in self.param_groups:
+            for p in group["params"]:
+                self.state[p].update(self._new_state(p, group))
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        fused = None
+        for group in self.param_groups:
+            group.setdefault("foreach", None)
+            group.setdefault("maximize", False)
+            group.setdefault("differentiable", False)
+            fused = group.setdefault("fused", None)
+            for p in group["params"]:
+                p_state = self.state.get(p, [])
+                if len(p_state) != 0 and not torch.is_tensor(p_state["step"]):
+                    step_val = float(p_state["step"])
+                    p_state["step"] = (
+                        torch.tensor(step_val, dtype=_get_scalar_dtype(is_fused=fused), device=p.device)
+                        if group["fused"]
+                        else torch.tensor(step_val, dtype=_get_scalar_dtype())
+                    )
+        state_values = list(self.state.values())
+        if state_values and not torch.is_tensor(state_values[0]["step"]):
+            for s in state_values:
+                s["step"] = torch.tensor(float(s["step"]), dtype=_get_scalar_dtype(is_fused=fused))
+
+    def share_memory(self) -> None:
+        """Calls tensor.share_memory_() on the state sum tensors."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                self.state[p]["sum"].share_memory_()
+
+    # ------------------------------------------------------------------ state
+    def _new_state(self, p: Tensor, group: dict) -> dict:
+        """``step`` and ``sum``; ``sum`` starts at the constructor's value for every group, as in torch."""
+        static = self._static(group)._replace(initial_accumulator_value=self.defaults["initial_accumulator_value"])
+        return {"step": self._step_tensor(p, group), **self.definition.init_slots(p, None, static)}
+
+    def _init_param_state(self, p: Tensor, group: dict) -> dict:
+        """State of a parameter added (``add_param_group``) after construction, made on its first step."""
+        if group["fused"]:
+            _device_dtype_check_for_fused(p)
+        return self._new_state(p, group)
+
+    # ------------------------------------------------------------------ per-step checks
+    def _accelerator_graph_capture_health_check(self) -> None:
+        """torch.optim.Adagrad has no ``capturable`` mode and makes no graph-capture check."""
+
+    def _check_grad(self, p: Tensor, group: dict) -> None:
+        if group["fused"]:
+            # torch checks the first parameter with a gradient once per optimizer
+            if getattr(self, "_need_device_dtype_check_for_fused", True):
+                _device_dtype_check_for_fused(p)
+                self._need_device_dtype_check_for_fused = False
+        elif p.grad.is_sparse:
+            self.definition.check_grad(p.grad, self._hparams(group), self._static(group))
+
+    def _check_group(self, group: dict, params: list, state_steps: list) -> None:
+        """torch.optim.Adagrad makes no per-group checks beyond those in :meth:`_step_group`."""
+
+    # ------------------------------------------------------------------ dispatch
+    def _host_scalars(self, group: dict) -> bool:
+        # torch's Adagrad reads step with .item() also when differentiable (tensors only when compiling)
+        return not torch.compiler.is_compiling()
+
+    def _use_foreach(self, group: dict, params: list) -> bool:
+        """torch's default rule (no exception for a tensor ``lr``: Adagrad has no ``capturable``)."""
+        foreach = group["foreach"]
+        if group["fused"] is None and foreach is None:
+            _, foreach = _default_to_fused_or_foreach(params, group["differentiable"], use_fused=False)
+        return bool(foreach)
+
+    def _step_group(self, group: dict, params: list, grads: list, state: dict) -> None:
+        has_sparse_grad = any(g.is_sparse for g in grads)
+        if group["fused"]:
+            if has_sparse_grad or any(torch.is_complex(p) for p in params):
+                raise RuntimeError("`fused` does not support sparse grad or complex param")
+            if group["differentiable"]:
+                raise RuntimeError("adagrad with fused=True does not support differentiable=True")
+        elif has_sparse_grad and self._use_foreach(group, params):
+            self._foreach_step_with_sparse(group, params, grads, state)
+            return
+        super()._step_group(group, params, grads, state)
+
+    def _foreach_step_with_sparse(self, group: dict, params: list, grads: list, state: dict) -> None:
+        """Foreach, except that a device/dtype group holding a sparse grad runs one tensor at a time."""
+        if group["differentiable"]:
+            raise AssertionError("_foreach ops don't support autograd")
+        hparams, static, host_scalars = self._hparams(group), self._static(group), self._host_scalars(group)
+        for g_params, g_grads, g_state in _by_device_and_dtype(params, grads, state):
+            sparse = any(g.is_sparse for g in g_grads)
+            ops = LoopOps(host_scalars=host_scalars) if sparse else ForeachOps(host_scalars=host_scalars)
+            run_kernel(self.definition, ops, g_params, g_grads, g_state, hparams, static)
