@@ -5,9 +5,11 @@ errors, ``param_groups``, ``state_dict`` layout, hooks, schedulers and implement
 """
 
 from .adadelta import Adadelta
+from .adafactor import Adafactor
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
 from .nadam import NAdam
 from .optimizer import FunctionalOptimizer
+from .transformation import TransformationOptimizer
 
-__all__ = ["Adadelta", "Adagrad", "Adam", "AdamW", "NAdam", "FunctionalOptimizer"]
+__all__ = ["Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "NAdam", "FunctionalOptimizer", "TransformationOptimizer"]

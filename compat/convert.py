@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from functional_optim._definition import make_transformation, new_step
+from functional_optim._definition import make_transformation, new_step, pack_field, unpack_field
 from functional_optim.base import GradientTransformation
-from functional_optim.tree import EMPTY, check_same_structure, flatten, leaf_paths, unflatten
+from functional_optim.tree import flatten, leaf_paths
 
 
 def _groups_of(optimizer, params: Any) -> tuple[list, Any, list, list]:
@@ -71,8 +71,8 @@ def to_functional(optimizer, params: Any) -> tuple[GradientTransformation, Any]:
             value = layout[name]
             if value is not None and name in torch_state:
                 value.copy_(torch_state[name])
-            fields[name].append(EMPTY if value is None else value)
-    state = definition.state_type(**{k: unflatten(spec, v) for k, v in fields.items()})
+            fields[name].append(value)
+    state = definition.state_type(**{k: pack_field(spec, v) for k, v in fields.items()})
     return make_transformation(definition, hparams, static), state
 
 
@@ -87,8 +87,7 @@ def load_functional(optimizer, params: Any, state: Any) -> None:
     leaves, _, paths, groups = _groups_of(optimizer, params)
     field_leaves = {}
     for name in definition.state_type._fields:
-        check_same_structure(params, getattr(state, name), "params", f"state.{name}")
-        field_leaves[name] = flatten(getattr(state, name))[0]
+        field_leaves[name] = unpack_field(params, getattr(state, name), f"state.{name}")
     new_states = []
     for i, (path, p, group) in enumerate(zip(paths, leaves, groups)):
         entry = optimizer._init_param_state(p, group)  # torch's layout: keys, dtypes, devices

@@ -4,11 +4,65 @@
 ``updates, state = opt.update(grads, state, params)``; ``params = apply_updates(params, updates)``.
 """
 
+from .adafactor import AdafactorHParams, AdafactorState, AdafactorStatic, adafactor
 from .adagrad import AdagradHParams, AdagradState, AdagradStatic, adagrad
 from .adadelta import AdadeltaHParams, AdadeltaState, AdadeltaStatic, adadelta
 from .adam import AdamHParams, AdamState, AdamStatic, adam, adamw
 from .nadam import NAdamHParams, NAdamState, NAdamStatic, nadam
+from . import schedules
+from .accumulate import MultiSteps, MultiStepsState
 from .base import GradientTransformation, apply_updates
+from .combine import (
+    MaskedNode,
+    MaskedState,
+    PartitionState,
+    by_name,
+    chain,
+    leaf_names,
+    masked,
+    named_chain,
+    partition,
+    tree_get,
+    tree_set,
+)
+from .inject import InjectHyperparamsState, inject_hyperparams, named_hparams, replace_hparams
+from .schedules import (
+    constant_schedule,
+    cosine_decay_schedule,
+    cosine_onecycle_schedule,
+    exponential_decay,
+    join_schedules,
+    linear_schedule,
+    piecewise_constant_schedule,
+    piecewise_interpolate_schedule,
+    polynomial_schedule,
+    warmup_cosine_decay_schedule,
+)
+from .transforms import (
+    AddDecayedWeightsHParams,
+    ApplyIfFiniteState,
+    ClipByGlobalNormHParams,
+    ClipHParams,
+    EmptyState,
+    ScaleByLearningRateHParams,
+    ScaleHParams,
+    TraceHParams,
+    TraceState,
+    ZeroNansState,
+    add_decayed_weights,
+    apply_if_finite,
+    clip,
+    clip_by_global_norm,
+    flip_sign,
+    global_norm,
+    scale,
+    scale_by_learning_rate,
+    scale_by_sign,
+    set_to_zero,
+    trace,
+    zero_nans,
+)
+from .tree import EMPTY, Empty
 
 __all__ = [
     "GradientTransformation",
@@ -30,5 +84,61 @@ __all__ = [
     "NAdamHParams",
     "NAdamState",
     "NAdamStatic",
+    "adafactor",
+    "AdafactorHParams",
+    "AdafactorState",
+    "AdafactorStatic",
+    "schedules",
+    "MultiSteps",
+    "MultiStepsState",
+    "MaskedNode",
+    "MaskedState",
+    "PartitionState",
+    "by_name",
+    "chain",
+    "leaf_names",
+    "masked",
+    "named_chain",
+    "partition",
+    "tree_get",
+    "tree_set",
+    "InjectHyperparamsState",
+    "inject_hyperparams",
+    "named_hparams",
+    "replace_hparams",
+    "constant_schedule",
+    "cosine_decay_schedule",
+    "cosine_onecycle_schedule",
+    "exponential_decay",
+    "join_schedules",
+    "linear_schedule",
+    "piecewise_constant_schedule",
+    "piecewise_interpolate_schedule",
+    "polynomial_schedule",
+    "warmup_cosine_decay_schedule",
+    "AddDecayedWeightsHParams",
+    "ApplyIfFiniteState",
+    "ClipByGlobalNormHParams",
+    "ClipHParams",
+    "EmptyState",
+    "ScaleByLearningRateHParams",
+    "ScaleHParams",
+    "TraceHParams",
+    "TraceState",
+    "ZeroNansState",
+    "add_decayed_weights",
+    "apply_if_finite",
+    "clip",
+    "clip_by_global_norm",
+    "flip_sign",
+    "global_norm",
+    "scale",
+    "scale_by_learning_rate",
+    "scale_by_sign",
+    "set_to_zero",
+    "trace",
+    "zero_nans",
+    "EMPTY",
+    "Empty",
 ]
 __version__ = "0.1.0"

@@ -81,6 +81,22 @@ def run_kernel(definition: OptimizerDefinition, ops: Ops, params: list, grads: l
     return new_params, new_state
 
 
+def pack_field(spec, leaves: list) -> Any:
+    """A state field from per-leaf values: :data:`EMPTY` for a slot absent on every leaf (e.g.
+    ``max_exp_avg_sq`` without AMSGrad), else a tree like the params with ``EMPTY`` where absent."""
+    if all(x is None for x in leaves):
+        return EMPTY
+    return unflatten(spec, [EMPTY if x is None else x for x in leaves])
+
+
+def unpack_field(params: Any, field: Any, name: str) -> list:
+    """Per-leaf values of a state field (``None`` where absent), its structure checked against params."""
+    if is_empty(field):
+        return [None] * len(flatten(params)[0])
+    check_same_structure(params, field, "params", name)
+    return [None if is_empty(x) else x for x in flatten(field)[0]]
+
+
 def check_hparams_type(definition: OptimizerDefinition, hparams: Any) -> None:
     if not isinstance(hparams, definition.hparams_type):
         raise TypeError(
@@ -102,7 +118,7 @@ def make_transformation(definition: OptimizerDefinition, hparams: Any, static: A
         fields = {"step": unflatten(spec, [new_step(p) for p in leaves])}
         per_leaf = [definition.init_slots(p, hparams, static) for p in leaves]
         for slot in definition.slots:
-            fields[slot] = unflatten(spec, [EMPTY if s[slot] is None else s[slot] for s in per_leaf])
+            fields[slot] = pack_field(spec, [s[slot] for s in per_leaf])
         return definition.state_type(**fields)
 
     def update(grads, state, params=None, hparams_now=None):
@@ -119,8 +135,7 @@ def make_transformation(definition: OptimizerDefinition, hparams: Any, static: A
         g_leaves, _ = flatten(grads)
         fields = {}
         for name in state._fields:
-            check_same_structure(params, getattr(state, name), "params", f"state.{name}")
-            fields[name] = [None if is_empty(x) else x for x in flatten(getattr(state, name))[0]]
+            fields[name] = unpack_field(params, getattr(state, name), f"state.{name}")
         paths = leaf_paths(params) if not torch.compiler.is_compiling() else [""] * len(p_leaves)
         check_leaves_match(p_leaves, g_leaves, paths, "grads")
         if definition.check_grad is not None:
@@ -141,7 +156,7 @@ def make_transformation(definition: OptimizerDefinition, hparams: Any, static: A
             leaves = list(leaves)
             for j, i in enumerate(active):
                 leaves[i] = new_state[name][j]
-            fields[name] = unflatten(spec, [EMPTY if x is None else x for x in leaves])
+            fields[name] = pack_field(spec, leaves)
         return unflatten(spec, update_leaves), definition.state_type(**fields)
 
     return GradientTransformation(init, update, hparams)

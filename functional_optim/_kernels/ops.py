@@ -69,7 +69,7 @@ class Ops:
         return [x + _as_dtype_of(_nth(value, i), x) for i, x in enumerate(xs)]
 
     def mul(self, xs, scalar: ScalarArg):
-        return [x * _nth(scalar, i) for i, x in enumerate(xs)]
+        return [x * _as_dtype_of(_nth(scalar, i), x) for i, x in enumerate(xs)]
 
     def square(self, xs):
         return [x * x for x in xs]
@@ -83,7 +83,7 @@ class Ops:
 
 def _add(x: Tensor, other, alpha: Scalar) -> Tensor:
     if isinstance(alpha, Tensor):
-        return x + other * alpha
+        return x + other * _as_dtype_of(alpha, x)
     return torch.add(x, other, alpha=alpha)
 
 
@@ -103,6 +103,12 @@ class PureOps(Ops):
 
     host_scalars = False
     step_dtype = torch.float64
+
+    def add(self, xs, others, alpha: ScalarArg = 1):
+        # Written as ``x + other * alpha`` rather than ``torch.add(..., alpha=)``: with torch 2.13,
+        # Inductor's pattern matcher miscompiles ``torch.add(grad, param, alpha=wd)`` when the grad
+        # comes from ``torch.func.grad`` in the same graph (Adadelta's L2 term went wrong).
+        return [x + o * _as_dtype_of(_nth(alpha, i), x) for i, (x, o) in enumerate(zip(xs, others))]
 
     def increment_(self, steps):
         return [s + 1 for s in steps]

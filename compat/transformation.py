@@ -1,0 +1,226 @@
+"""``compat.TransformationOptimizer``: any functional transformation as a ``torch.optim.Optimizer``.
+
+    opt = TransformationOptimizer(model.parameters(),
+                                  fo.chain(fo.clip_by_global_norm(1.0), fo.adamw(weight_decay=0.1)),
+                                  lr=3e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=1000)
+    loss.backward(); opt.step(); sched.step(); opt.zero_grad()
+
+Hyperparameters are param-group entries: every field name of ``transformation.hparams`` whose
+default is the same wherever it occurs (``lr``, ``betas``, ``max_norm`` ...) becomes a group key
+with that default, and keyword arguments add or override keys (qualified names such as
+``"decay.weight_decay"`` too, see :func:`functional_optim.replace_hparams`). Each ``step`` passes
+each group's current values to ``update`` as its ``hparams``, so LR schedulers (which write
+``group["lr"]``, or ``group["betas"]`` for momentum cycling) drive the transformation directly.
+
+A hyperparameter that the transformation injects itself (:func:`functional_optim.inject_hyperparams`
+with a schedule) follows its schedule: the group value for that name is overridden.
+
+Each param group is a separate functional state over the list of its parameters, like torch's
+per-group hyperparameters; a transformation that looks at all leaves (``clip_by_global_norm``,
+``apply_if_finite``) sees one group at a time.
+
+State layout, for ``state_dict``: the transformation's state is flattened; a leaf that belongs
+to one parameter (a slot in a list over the group's parameters) is stored in ``state[p]`` under
+its dotted path with the list index left out (``"exp_avg"``, ``"1.exp_avg"``, ``"adam.step"``);
+a leaf shared by the group (a step count, an injected hyperparameter, a skip counter) is stored
+in ``state[first param of the group]`` under its full path. The state of a group is created
+for all its parameters at its first step. ``load_state_dict`` checks keys and shapes before
+changing anything and restores every leaf's own dtype and device (torch would cast floating
+state to the parameter's dtype).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional
+
+import optree
+import torch
+from torch import Tensor
+from torch.optim.optimizer import Optimizer, ParamsT
+
+from functional_optim import _validate
+from functional_optim.base import GradientTransformation
+from functional_optim.inject import named_hparams, replace_hparams
+from functional_optim.tree import flatten
+
+__all__ = ["TransformationOptimizer"]
+
+
+class _Slot(NamedTuple):
+    param_index: Optional[int]  # None: shared by the group, stored with its first parameter
+    key: str
+
+
+class _Layout(NamedTuple):
+    n_params: int
+    spec: optree.PyTreeSpec
+    slots: list  # one per leaf: a _Slot, or None for a leaf that is always None
+
+
+def _leaves(tree: Any) -> list:
+    """Leaves in the order of :func:`_layout` (empty nodes such as masked slots have none)."""
+    return optree.tree_leaves(tree, none_is_leaf=True)
+
+
+def _entry_name(entry: Any) -> str:
+    return str(getattr(entry, "field", entry.entry))
+
+
+def _layout(template: Any, n_params: int) -> _Layout:
+    """Where each leaf of a group's state lives in ``optimizer.state`` (see the module docstring)."""
+
+    def per_param(node):  # a list over the group's parameters: tensors, None or empty nodes
+        return isinstance(node, list) and len(node) == n_params and all(
+            x is None or isinstance(x, Tensor) or (isinstance(x, tuple) and len(x) == 0) for x in node)
+
+    accessors, leaves, spec = optree.tree_flatten_with_accessor(template, none_is_leaf=True)
+    slots = []
+    for leaf, accessor in zip(leaves, accessors):
+        if leaf is None:
+            slots.append(None)
+            continue
+        node, index, parts = template, None, []
+        for entry in accessor:
+            if index is None and per_param(node):
+                index = entry.entry
+            else:
+                parts.append(_entry_name(entry))
+            node = entry(node)
+        slots.append(_Slot(index, ".".join(parts) or "state"))
+    return _Layout(n_params, spec, slots)
+
+
+class TransformationOptimizer(Optimizer):
+    """A ``torch.optim.Optimizer`` that steps with a functional :class:`GradientTransformation`.
+
+    Args:
+        params: parameters or param groups, as for any torch optimizer.
+        transformation: any transformation of this library (an optimizer, a ``chain``,
+            ``partition``, ``MultiSteps(...).gradient_transformation()``, ...).
+        **hyperparams: group defaults that override or add to the transformation's own.
+
+    ``step(closure=None)`` runs ``transformation.update`` per group on the parameters' ``.grad``
+    (``None`` for parameters without one) and adds the updates in place. Hooks, ``zero_grad``,
+    ``add_param_group``, ``state_dict`` and LR schedulers work as for torch's optimizers. A
+    hyperparameter set to a tensor is passed as is; floats recompile a compiled transformation
+    when they change, which does not matter here (``step`` runs eagerly).
+    """
+
+    def __init__(self, params: ParamsT, transformation: GradientTransformation, **hyperparams: Any) -> None:
+        if not isinstance(transformation, GradientTransformation):
+            raise TypeError(f"transformation must be a GradientTransformation, got {type(transformation).__name__}")
+        defaults = named_hparams(transformation.hparams)
+        defaults.update(hyperparams)
+        replace_hparams(transformation.hparams, defaults)  # unknown names raise here
+        if "lr" in defaults:
+            _validate.check_lr(defaults["lr"])
+        self.transformation = transformation
+        self._hparam_names = tuple(defaults)
+        self._layouts: dict[int, _Layout] = {}
+        super().__init__(params, defaults)
+
+    # ------------------------------------------------------------------ state <-> pytree
+    def _group_layout(self, index: int, params: list) -> _Layout:
+        layout = self._layouts.get(index)
+        if layout is None or layout.n_params != len(params):
+            layout = self._layouts[index] = _layout(self.transformation.init(params), len(params))
+        return layout
+
+    def _read(self, params: list, layout: _Layout) -> Any:
+        leaves = [None if s is None else self.state[params[0 if s.param_index is None else s.param_index]][s.key]
+                  for s in layout.slots]
+        return optree.tree_unflatten(layout.spec, leaves)
+
+    def _write(self, params: list, layout: _Layout, state: Any) -> None:
+        for slot, leaf in zip(layout.slots, _leaves(state)):
+            if slot is not None:
+                self.state[params[0 if slot.param_index is None else slot.param_index]][slot.key] = leaf
+
+    def _hparams(self, group: dict) -> Any:
+        values = {}
+        for name in self._hparam_names:
+            v = group[name]
+            values[name] = tuple(map(_validate.squeeze_scalar, v)) if isinstance(v, tuple) else _validate.squeeze_scalar(v)
+        return replace_hparams(self.transformation.hparams, values)
+
+    # ------------------------------------------------------------------ step
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], float]] = None):
+        """Perform a single optimization step.
+
+        Args:
+            closure (Callable, optional): A closure that reevaluates the model and returns the loss.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for index, group in enumerate(self.param_groups):
+            params = list(group["params"])
+            grads = [p.grad for p in params]
+            if all(g is None for g in grads):
+                continue
+            if not self.state.get(params[0]):
+                state = self.transformation.init(params)
+                self._layouts[index] = layout = _layout(state, len(params))
+            else:
+                layout = self._group_layout(index, params)
+                state = self._read(params, layout)
+            updates, state = self.transformation.update(grads, state, params, self._hparams(group))
+            for p, u in zip(params, flatten(updates)[0]):
+                if u is not None:
+                    p.add_(u.to(p.dtype))
+            self._write(params, layout, state)
+        return loss
+
+    # ------------------------------------------------------------------ checkpoints
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load a state dict saved by this class; a mismatched one raises ``ValueError`` and changes nothing."""
+        if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
+            raise ValueError("optimizer state dict must be a dict with 'state' and 'param_groups' keys")
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups) or any(
+                len(g["params"]) != len(s["params"]) for g, s in zip(self.param_groups, saved_groups)):
+            super().load_state_dict(state_dict)  # torch's own checks raise its messages
+            return
+        saved_state = state_dict["state"]
+        plans = []
+        for index, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
+            params, ids = list(group["params"]), list(saved["params"])
+            if not any(pid in saved_state for pid in ids):
+                plans.append((index, params, None, None))
+                continue
+            template = self.transformation.init(params)
+            layout = _layout(template, len(params))
+            expected: dict = {}
+            for slot, like in zip(layout.slots, _leaves(template)):
+                if slot is not None:
+                    pos = 0 if slot.param_index is None else slot.param_index
+                    expected.setdefault(pos, {})[slot.key] = like
+            for pos, pid in enumerate(ids):
+                got = saved_state.get(pid, {})
+                want = expected.get(pos, {})
+                if set(got) != set(want):
+                    raise ValueError(f"state of parameter {pid} has keys {sorted(got)}, expected {sorted(want)} "
+                                     f"for this transformation")
+                for key, like in want.items():
+                    value = got[key]
+                    if isinstance(like, Tensor) and (not isinstance(value, Tensor) or value.shape != like.shape):
+                        shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                        raise ValueError(f"state '{key}' of parameter {pid} is {shape}, expected shape "
+                                         f"{tuple(like.shape)}")
+            plans.append((index, params, layout, template))
+        super().load_state_dict(state_dict)
+        for (index, params, layout, template), saved in zip(plans, saved_groups):
+            if layout is None:
+                continue
+            self._layouts[index] = layout
+            for slot, like in zip(layout.slots, _leaves(template)):
+                if slot is None:
+                    continue
+                pos = 0 if slot.param_index is None else slot.param_index
+                value = saved_state[saved["params"][pos]][slot.key]
+                if isinstance(like, Tensor):
+                    value = value.to(dtype=like.dtype, device=like.device)
+                self.state[params[pos]][slot.key] = value

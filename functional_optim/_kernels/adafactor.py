@@ -1,0 +1,116 @@
+"""Adafactor step over lists of tensors.
+
+Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost" (2018),
+https://arxiv.org/abs/1804.04235, in the variant of ``torch.optim.Adafactor`` (``lr`` caps the
+relative step size and scales decoupled weight decay; ``eps1`` is applied after the factors).
+
+With step t (per parameter), gradient G (negated if ``maximize``), tau = ``beta2_decay``:
+
+    w      = t^tau                                   (= 1 - beta2_t)
+    rho    = min(lr, 1 / sqrt(t))
+    alpha  = max(eps2, RMS(theta)) * rho             (RMS of theta before weight decay)
+    theta <- theta * (1 - lr * wd)
+    if dim(G) >= 2 (factored over the last two dims; R: [..., m, 1], C: [..., 1, n]):
+        R <- lerp(R, mean(G^2, dim=-1), w)
+        C <- lerp(C, mean(G^2, dim=-2), w)
+        V  = (R @ C) / max(mean(R, dim=-2), eps1)
+    else:
+        V <- lerp(V, G^2, w);   V_hat = V
+    U      = G / sqrt(max(V_hat, eps1^2))
+    theta <- theta - alpha / max(1, RMS(U) / d) * U
+
+``eps1=None`` means ``finfo(dtype).eps`` of the first parameter's dtype (as torch resolves it).
+Row/column means of G^2 are taken as ``norm(G, dim)^2 / size``, the way torch computes them.
+The scalar terms (w, rho, alpha, the clipping divisor) are Python floats when ``ops.host_scalars``
+(torch's ``.item()`` arithmetic) and float64 0-d tensors otherwise (traceable, no host sync).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .adam import _nonzero
+from .ops import Ops, Scalar, _as_dtype_of
+
+
+def adafactor_kernel(ops: Ops, params: list, grads: list, state: dict, hparams: Any, static: Any):
+    """One Adafactor step; returns ``(params, state)`` (the same tensors when ``ops`` is in place)."""
+    lr, beta2_decay, weight_decay, d = hparams.lr, hparams.beta2_decay, hparams.weight_decay, hparams.d
+    eps1, eps2 = hparams.eps
+    if eps1 is None and params:
+        eps1 = torch.finfo(params[0].dtype).eps
+
+    steps = ops.increment_(state["step"])
+    if static.maximize:
+        grads = ops.neg(grads)
+    t = ops.step_values(steps)
+    one_minus_beta2 = [ti**beta2_decay for ti in t]
+    rho = [_at_most(1 / ti**0.5, lr) for ti in t]
+    param_norms = ops.scalar_values([p.norm(2) for p in params])
+    alphas = [_at_least(n / p.numel() ** 0.5, eps2) * r for n, p, r in zip(param_norms, params, rho)]
+
+    if _nonzero(weight_decay):
+        params = ops.mul_(params, 1 - lr * weight_decay)
+
+    new_state = {"step": steps}
+    var_estimates: list = [None] * len(params)
+    factored = [i for i, g in enumerate(grads) if g.dim() > 1]
+    if factored:
+        g, w = _pick(grads, factored), _pick(one_minus_beta2, factored)
+        row_vars = ops.lerp_(_pick(state["row_var"], factored), _mean_squares(ops, g, -1), w)
+        col_vars = ops.lerp_(_pick(state["col_var"], factored), _mean_squares(ops, g, -2), w)
+        for i, r, c in zip(factored, row_vars, col_vars):
+            var_estimates[i] = (r @ c) / _clamp_min(r.mean(dim=-2, keepdim=True), eps1)
+        new_state["row_var"] = _scatter(state["row_var"], factored, row_vars)
+        new_state["col_var"] = _scatter(state["col_var"], factored, col_vars)
+    unfactored = [i for i, g in enumerate(grads) if g.dim() <= 1]
+    if unfactored:
+        g, w = _pick(grads, unfactored), _pick(one_minus_beta2, unfactored)
+        variances = ops.lerp_(_pick(state["variance"], unfactored), ops.square(g), w)
+        for i, v in zip(unfactored, variances):
+            var_estimates[i] = v
+        new_state["variance"] = _scatter(state["variance"], unfactored, variances)
+
+    updates = ops.mul_tensors_([torch.rsqrt(_clamp_min(v, eps1 * eps1)) for v in var_estimates], grads)
+    update_norms = ops.scalar_values([u.norm(2) for u in updates])
+    scales = [
+        _as_dtype_of(-a / _at_least(n / (u.numel() ** 0.5 * d), 1.0), p)
+        for a, n, u, p in zip(alphas, update_norms, updates, params)
+    ]
+    params = ops.add_(params, updates, alpha=scales)
+    return params, new_state
+
+
+def _mean_squares(ops: Ops, grads: list, dim: int) -> list:
+    """``(g * g).mean(dim, keepdim=True)`` as torch computes it: ``norm(g, dim)^2 / size``."""
+    means = ops.square([torch.norm(g, dim=dim, keepdim=True) for g in grads])
+    return ops.div_(means, [g.size(dim) for g in grads])
+
+
+def _at_most(x: Scalar, bound: Scalar) -> Scalar:
+    """``min(bound, x)``: Python's ``min`` on host scalars (as torch), a clamp on a tensor ``x``."""
+    return torch.clamp(x, max=bound) if isinstance(x, Tensor) else min(bound, x)
+
+
+def _at_least(x: Scalar, bound: Scalar) -> Scalar:
+    """``max(bound, x)``: Python's ``max`` on host scalars (as torch), a clamp on a tensor ``x``."""
+    return torch.clamp(x, min=bound) if isinstance(x, Tensor) else max(bound, x)
+
+
+def _clamp_min(x: Tensor, bound: Scalar) -> Tensor:
+    """``x.clamp(min=bound)`` out of place, in ``x``'s dtype even for a tensor ``bound``."""
+    return torch.clamp(x, min=_as_dtype_of(bound, x))
+
+
+def _pick(xs: list, indices: list) -> list:
+    return [xs[i] for i in indices]
+
+
+def _scatter(xs: list, indices: list, values: list) -> list:
+    out = list(xs)
+    for i, v in zip(indices, values):
+        out[i] = v
+    return out
