@@ -1,0 +1,144 @@
+"""CUDA paths: foreach/fused parity, capturable under CUDA graph capture, compiled
+``mode="reduce-overhead"`` functional steps, GradScaler with fused. Skipped without a GPU."""
+
+import copy
+
+import pytest
+import torch
+
+import functional_optim as fo
+from _registry import IDS, OPTIMIZERS
+from conftest import requires_cuda
+
+pytestmark = [requires_cuda, pytest.mark.cuda]
+
+CAPTURABLE = [e for e in OPTIMIZERS if e.name in ("adam", "adamw", "adadelta", "nadam")]
+FUSED = [e for e in OPTIMIZERS if e.name in ("adam", "adamw", "adagrad")]
+
+
+def _params(dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(64, 32), (32,), (), (16, 8)]
+    return [torch.randn(s, generator=g, dtype=dtype).cuda() for s in shapes]
+
+
+def _grads(params, step):
+    g = torch.Generator().manual_seed(100 + step)
+    return [torch.randn(p.shape, generator=g, dtype=p.dtype).cuda() for p in params]
+
+
+def _run(cls, params, steps, **kwargs):
+    ps = [p.clone().requires_grad_() for p in params]
+    opt = cls(ps, **kwargs)
+    for step in range(steps):
+        for p, g in zip(ps, _grads(params, step)):
+            p.grad = g
+        opt.step()
+    return ps, opt
+
+
+def _assert_same(ours, ref, rtol=1e-5, atol=1e-6):
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("impl", [dict(foreach=True), dict(foreach=False), dict()], ids=["foreach", "forloop", "default"])
+@pytest.mark.parametrize("entry", OPTIMIZERS, ids=IDS)
+def test_cuda_implementations_match_torch(entry, impl):
+    params = _params(torch.float64)
+    ref, ref_opt = _run(entry.torch_cls, params, 4, **entry.kwargs, **impl)
+    ours, our_opt = _run(entry.compat_cls, params, 4, **entry.kwargs, **impl)
+    _assert_same(ours, ref, rtol=1e-12, atol=1e-14)
+    for pid, state in ref_opt.state_dict()["state"].items():
+        for key, value in state.items():
+            got = our_opt.state_dict()["state"][pid][key]
+            assert got.device == value.device and got.dtype == value.dtype, (key, got, value)
+
+
+@pytest.mark.parametrize("entry", FUSED, ids=[e.name for e in FUSED])
+def test_cuda_fused_matches_torch(entry):
+    params = _params()
+    kwargs = dict(entry.kwargs, fused=True)
+    ref, _ = _run(entry.torch_cls, params, 4, **kwargs)
+    ours, _ = _run(entry.compat_cls, params, 4, **kwargs)
+    _assert_same(ours, ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("entry", CAPTURABLE, ids=[e.name for e in CAPTURABLE])
+def test_capturable_step_replays_under_cuda_graph(entry):
+    """Capture one compat step in a CUDA graph, replay it, and match eager torch.optim."""
+    params = _params()
+    kwargs = dict(entry.kwargs, capturable=True, foreach=True, lr=torch.tensor(entry.kwargs["lr"], device="cuda"))
+    ref, _ = _run(entry.torch_cls, params, 6, **copy.deepcopy(kwargs))
+
+    ps = [p.clone().requires_grad_() for p in params]
+    opt = entry.compat_cls(ps, **kwargs)
+    static_grads = [torch.zeros_like(p) for p in ps]
+    for p, g in zip(ps, static_grads):
+        p.grad = g
+    # warm up on a side stream (creates the state), then capture
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for g, new in zip(static_grads, _grads(params, 0)):
+            g.copy_(new)
+        opt.step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        opt.step()
+    for step in range(1, 6):
+        for g, new in zip(static_grads, _grads(params, step)):
+            g.copy_(new)
+        graph.replay()
+    torch.cuda.synchronize()
+    _assert_same(ps, ref)
+
+
+@pytest.mark.parametrize("entry", OPTIMIZERS, ids=IDS)
+def test_functional_step_compiled_with_cuda_graphs(entry):
+    opt = entry.factory(**entry.kwargs)
+    params = {f"p{i}": p for i, p in enumerate(_params())}
+
+    def step_fn(params, grads, state, hparams):
+        updates, state = opt.update(grads, state, params, hparams)
+        return fo.apply_updates(params, updates), state
+
+    compiled = torch.compile(step_fn, mode="reduce-overhead", fullgraph=True)
+    eager_params, eager_state = params, opt.init(params)
+    state = opt.init(params)
+    for step in range(5):
+        hparams = opt.hparams._replace(**{k: (tuple(x.cuda() for x in v) if isinstance(v, tuple) else v.cuda())
+                                          for k, v in entry.tensor_hparams(step).items()})
+        grads = dict(zip(params, _grads(list(params.values()), step)))
+        params, state = compiled(params, grads, state, hparams)
+        params = {k: v.clone() for k, v in params.items()}  # outputs of a cudagraph are overwritten next replay
+        state = type(state)(*[s if isinstance(s, fo.Empty) else {k: v.clone() for k, v in s.items()} for s in state])
+        eager_params, eager_state = step_fn(eager_params, grads, eager_state, hparams)
+    for k in params:
+        torch.testing.assert_close(params[k], eager_params[k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("entry", FUSED, ids=[e.name for e in FUSED])
+def test_grad_scaler_with_fused_on_cuda_matches_torch(entry):
+    def run(cls):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)).cuda()
+        opt = cls(model.parameters(), **dict(entry.kwargs, fused=True))
+        scaler = torch.amp.GradScaler("cuda", init_scale=2.0**8)
+        data = torch.randn(32, 8, generator=torch.Generator().manual_seed(1)).cuda()
+        for step in range(5):
+            opt.zero_grad()
+            with torch.autocast("cuda", dtype=torch.float16):
+                loss = model(data).float().pow(2).mean()
+            if step == 2:
+                loss = loss * float("inf")
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        return list(model.parameters()), scaler.get_scale()
+
+    ours, our_scale = run(entry.compat_cls)
+    ref, ref_scale = run(entry.torch_cls)
+    assert our_scale == ref_scale
+    _assert_same(ours, ref, rtol=0, atol=0)
