@@ -44,7 +44,7 @@ class FunctionalOptimizer(Optimizer):
     """``torch.optim.Optimizer`` whose ``step`` runs a functional optimizer's kernel in place."""
 
     definition: ClassVar[OptimizerDefinition]
-    #: in-place fused step over one device/dtype group, or None where torch has no fused kernel
+    #: torch's fused kernel over one device/dtype group (steps already incremented), or None
     fused_step: ClassVar[Optional[FusedStep]] = None
     #: whether ``step`` may be captured (``capturable``) and where
     capturable_devices: ClassVar[Callable[[], list]] = staticmethod(lambda: _get_capturable_supported_devices())
@@ -175,10 +175,14 @@ class FunctionalOptimizer(Optimizer):
             hp = hparams
             if isinstance(hparams.lr, Tensor) and hparams.lr.device != device and hparams.lr.device.type != "cpu":
                 hp = hparams._replace(lr=hparams.lr.to(device, non_blocking=True))
+            steps, g_found_inf = g_state["step"], inf_by_device.get(device)
+            torch._foreach_add_(steps, 1)
             type(self).fused_step(
                 g_params, g_grads, g_state, hp, static,
-                grad_scale=scale_by_device.get(device), found_inf=inf_by_device.get(device),
+                grad_scale=scale_by_device.get(device), found_inf=g_found_inf,
             )
+            if g_found_inf is not None:  # a skipped step (inf/nan grads under GradScaler) is not counted
+                torch._foreach_sub_(steps, [g_found_inf] * len(steps))
 
     # ------------------------------------------------------------------ the functional API
     def to_functional(self, params: Any):

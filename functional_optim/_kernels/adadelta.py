@@ -21,8 +21,7 @@ from typing import Any
 
 from torch import Tensor
 
-from .adam import _nonzero
-from .ops import Ops
+from .ops import Ops, nonzero
 
 
 def adadelta_kernel(ops: Ops, params: list, grads: list, state: dict, hparams: Any, static: Any):
@@ -35,7 +34,7 @@ def adadelta_kernel(ops: Ops, params: list, grads: list, state: dict, hparams: A
     steps = ops.increment_(state["step"])
     if static.maximize:
         grads = ops.neg(grads)
-    if _nonzero(weight_decay):
+    if nonzero(weight_decay):
         grads = ops.add(grads, params, alpha=weight_decay)
 
     square_avgs = ops.mul_(square_avgs, rho)

@@ -32,8 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .adam import _nonzero
-from .ops import Ops, Scalar, _as_dtype_of
+from .ops import Ops, Scalar, _as_dtype_of, nonzero
 
 
 def adafactor_kernel(ops: Ops, params: list, grads: list, state: dict, hparams: Any, static: Any):
@@ -52,7 +51,7 @@ def adafactor_kernel(ops: Ops, params: list, grads: list, state: dict, hparams: 
     param_norms = ops.scalar_values([p.norm(2) for p in params])
     alphas = [_at_least(n / p.numel() ** 0.5, eps2) * r for n, p, r in zip(param_norms, params, rho)]
 
-    if _nonzero(weight_decay):
+    if nonzero(weight_decay):
         params = ops.mul_(params, 1 - lr * weight_decay)
 
     new_state = {"step": steps}

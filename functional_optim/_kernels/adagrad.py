@@ -28,8 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .adam import _nonzero
-from .ops import Ops
+from .ops import Ops, nonzero
 
 
 def adagrad_kernel(ops: Ops, params: list, grads: list, state: dict, hparams: Any, static: Any):
@@ -64,7 +63,7 @@ def adagrad_kernel(ops: Ops, params: list, grads: list, state: dict, hparams: An
 
 
 def _dense_step(ops: Ops, params, grads, sums, neg_clr, weight_decay, eps):
-    if _nonzero(weight_decay):
+    if nonzero(weight_decay):
         grads = ops.add(grads, params, alpha=weight_decay)
     sums = ops.addcmul_(sums, grads, grads, 1)
     std = ops.add_(ops.sqrt(sums), eps)
@@ -101,13 +100,11 @@ def _put(dsts: tuple, idx: list, srcs: tuple) -> None:
 
 def adagrad_fused_(params, grads, state: dict, hparams: Any, static: Any, grad_scale=None, found_inf=None) -> None:
     """In place, with ``torch._fused_adagrad_`` (one device/dtype group; dense, real tensors)."""
-    steps = state["step"]
-    torch._foreach_add_(steps, 1)
     torch._fused_adagrad_(
         params,
         grads,
         state["sum"],
-        steps,
+        state["step"],
         lr=hparams.lr,
         lr_decay=hparams.lr_decay,
         weight_decay=hparams.weight_decay,
@@ -116,5 +113,3 @@ def adagrad_fused_(params, grads, state: dict, hparams: Any, static: Any, grad_s
         grad_scale=grad_scale,
         found_inf=found_inf,
     )
-    if found_inf is not None:
-        torch._foreach_sub_(steps, [found_inf] * len(steps))

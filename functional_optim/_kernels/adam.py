@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .ops import Ops
+from .ops import Ops, nonzero
 
 
 def adam_kernel(ops: Ops, params: list, grads: list, state: dict, hparams: Any, static: Any):
@@ -35,7 +35,7 @@ def adam_kernel(ops: Ops, params: list, grads: list, state: dict, hparams: Any, 
     steps = ops.increment_(state["step"])
     if static.maximize:
         grads = ops.neg(grads)
-    if _nonzero(weight_decay):
+    if nonzero(weight_decay):
         if static.decoupled_weight_decay:
             params = ops.mul_(params, 1 - lr * weight_decay)
         else:
@@ -61,15 +61,9 @@ def adam_kernel(ops: Ops, params: list, grads: list, state: dict, hparams: Any, 
     return params, new_state
 
 
-def _nonzero(x: Any) -> bool:
-    """``x != 0`` for a number; a tensor hyperparameter is always applied (no host sync)."""
-    return isinstance(x, Tensor) or x != 0
-
-
 def adam_fused_(params, grads, state: dict, hparams: Any, static: Any, grad_scale=None, found_inf=None) -> None:
-    """In place, with ``torch._fused_adam_`` / ``torch._fused_adamw_`` (one device/dtype group)."""
-    steps = state["step"]
-    torch._foreach_add_(steps, 1)
+    """In place, with ``torch._fused_adam_`` / ``torch._fused_adamw_`` (one device/dtype group; the
+    caller counts the step and uncounts it when GradScaler found infs)."""
     fused = torch._fused_adamw_ if static.decoupled_weight_decay else torch._fused_adam_
     beta1, beta2 = hparams.betas
     fused(
@@ -78,7 +72,7 @@ def adam_fused_(params, grads, state: dict, hparams: Any, static: Any, grad_scal
         state["exp_avg"],
         state["exp_avg_sq"],
         state["max_exp_avg_sq"] if static.amsgrad else [],
-        steps,
+        state["step"],
         amsgrad=static.amsgrad,
         lr=hparams.lr,
         beta1=beta1,
@@ -89,5 +83,3 @@ def adam_fused_(params, grads, state: dict, hparams: Any, static: Any, grad_scal
         grad_scale=grad_scale,
         found_inf=found_inf,
     )
-    if found_inf is not None:
-        torch._foreach_sub_(steps, [found_inf] * len(steps))

@@ -27,8 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .adam import _nonzero
-from .ops import Ops
+from .ops import Ops, nonzero
 
 
 def nadam_kernel(ops: Ops, params: list, grads: list, state: dict, hparams: Any, static: Any):
@@ -40,7 +39,7 @@ def nadam_kernel(ops: Ops, params: list, grads: list, state: dict, hparams: Any,
     steps = ops.increment_(state["step"])
     if static.maximize:
         grads = ops.neg(grads)
-    if _nonzero(weight_decay):
+    if nonzero(weight_decay):
         if static.decoupled_weight_decay:
             params = ops.mul_(params, 1 - lr * weight_decay)
         else:

@@ -32,6 +32,11 @@ Scalar = Union[float, int, Tensor]
 ScalarArg = Union[Scalar, Sequence[Scalar]]
 
 
+def nonzero(x: Scalar) -> bool:
+    """``x != 0`` for a number; a tensor hyperparameter is always applied (no host sync)."""
+    return isinstance(x, Tensor) or x != 0
+
+
 def _nth(scalar: ScalarArg, i: int) -> Scalar:
     return scalar[i] if isinstance(scalar, (list, tuple)) else scalar
 
