@@ -25,6 +25,7 @@ from .combine import (
     tree_get,
     tree_set,
 )
+from .flat import FlatLayout
 from .inject import InjectHyperparamsState, inject_hyperparams, named_hparams, replace_hparams
 from .schedules import (
     constant_schedule,
@@ -139,6 +140,7 @@ __all__ = [
     "trace",
     "zero_nans",
     "EMPTY",
+    "FlatLayout",
     "Empty",
 ]
 __version__ = "0.1.0"

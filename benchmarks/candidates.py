@@ -1,0 +1,134 @@
+"""The implementations that are timed against each other: one object per (family, implementation).
+
+Every candidate owns its own copy of the workload's parameters, gradients and optimizer state,
+and exposes ``step()`` (one optimizer step, parameters updated), ``params()`` (current values),
+``state_bytes()`` (bytes of persistent optimizer state) and, for compiled ones, ``compile_info``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Optional
+
+import optree
+import torch
+from torch import Tensor
+
+import functional_optim
+
+__all__ = ["Candidate", "OptimCandidate", "FunctionalCandidate", "CompileInfo", "compile_recording"]
+
+
+class CompileInfo:
+    """What a recording backend saw: graphs compiled, FX nodes in them and time spent in Inductor."""
+
+    def __init__(self) -> None:
+        self.graphs = 0
+        self.nodes = 0
+        self.inductor_s = 0.0
+
+    def as_dict(self) -> dict:
+        return {"graphs": self.graphs, "fx_nodes": self.nodes, "inductor_s": self.inductor_s}
+
+
+def compile_recording(fn: Callable, info: CompileInfo, fullgraph: bool = True) -> Callable:
+    """``torch.compile(fn)`` with Inductor, recording graph count, FX node count and Inductor time.
+
+    Dynamo's tracing time is then the first call's time minus ``info.inductor_s``.
+    """
+    from torch._inductor.compile_fx import compile_fx
+
+    def backend(gm: torch.fx.GraphModule, example_inputs):
+        info.graphs += 1
+        info.nodes += len(gm.graph.nodes)
+        start = time.perf_counter()
+        compiled = compile_fx(gm, example_inputs)
+        info.inductor_s += time.perf_counter() - start
+        return compiled
+
+    return torch.compile(fn, backend=backend, fullgraph=fullgraph)
+
+
+def _tensor_bytes(tree) -> int:
+    leaves = optree.tree_leaves(tree, none_is_leaf=False)
+    return sum(t.numel() * t.element_size() for t in leaves if isinstance(t, Tensor))
+
+
+class Candidate:
+    family: str  # "torch" | "compat" | "functional"
+    impl: str  # "for-loop" | "foreach" | "fused" | "eager" | "compiled" | "compiled-step"
+    compile_info: Optional[CompileInfo] = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.family}/{self.impl}"
+
+    def step(self) -> None:
+        raise NotImplementedError
+
+    def params(self) -> list:
+        raise NotImplementedError
+
+    def state_bytes(self) -> int:
+        raise NotImplementedError
+
+
+class OptimCandidate(Candidate):
+    """A ``torch.optim.Optimizer`` (torch's own or a compat class) with one implementation flag.
+
+    ``impl``: ``for-loop`` (``foreach=False``), ``foreach`` (``foreach=True``), ``fused``
+    (``fused=True``), or ``compiled-step``: ``torch.compile(optimizer.step)`` with the default
+    implementation.
+    """
+
+    _FLAGS = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True},
+              "compiled-step": {}}
+
+    def __init__(self, family: str, cls: type, impl: str, params: list, grads: list, kwargs: dict) -> None:
+        self.family, self.impl = family, impl
+        self._params = [torch.nn.Parameter(p.clone()) for p in params]
+        for p, g in zip(self._params, grads):
+            p.grad = g.clone()
+        self.optimizer = cls(self._params, **kwargs, **self._FLAGS[impl])
+        self._step = self.optimizer.step
+        if impl == "compiled-step":
+            self.compile_info = CompileInfo()
+            self._step = compile_recording(self.optimizer.step, self.compile_info, fullgraph=False)
+
+    def step(self) -> None:
+        self._step()
+
+    def params(self) -> list:
+        return [p.detach() for p in self._params]
+
+    def state_bytes(self) -> int:
+        return _tensor_bytes([dict(s) for s in self.optimizer.state.values()])
+
+
+class FunctionalCandidate(Candidate):
+    """``functional_optim``: ``update`` then ``apply_updates``, eagerly or under ``torch.compile``."""
+
+    def __init__(self, factory: Callable, compiled: bool, params: list, grads: list, kwargs: dict) -> None:
+        self.family, self.impl = "functional", "compiled" if compiled else "eager"
+        transform = factory(**kwargs)
+        self._params = [p.clone() for p in params]
+        self._grads = [g.clone() for g in grads]
+        self._state = transform.init(self._params)
+
+        def step(params, grads, state):
+            updates, state = transform.update(grads, state, params)
+            return functional_optim.apply_updates(params, updates), state
+
+        self._fn = step
+        if compiled:
+            self.compile_info = CompileInfo()
+            self._fn = compile_recording(step, self.compile_info)
+
+    def step(self) -> None:
+        self._params, self._state = self._fn(self._params, self._grads, self._state)
+
+    def params(self) -> list:
+        return self._params
+
+    def state_bytes(self) -> int:
+        return _tensor_bytes(self._state)

@@ -1,0 +1,112 @@
+"""The optimizers under test, and discovery of which of them this checkout provides.
+
+Each :class:`OptimizerSpec` names the ``torch.optim`` reference class, the ``compat`` class and
+the ``functional_optim`` factory of one optimizer. :func:`discover` imports what exists and returns
+a note for what does not, so the suite runs on a partial checkout and picks optimizers up as they
+land.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+
+def _elementwise(slots: int) -> Callable[[Tensor], int]:
+    """Bytes a step must touch when it keeps ``slots`` full-size state tensors per parameter.
+
+    Read param, grad and every slot; write param and every slot: ``(3 + 2 * slots) * nbytes``.
+    """
+    return lambda p: (3 + 2 * slots) * p.numel() * p.element_size()
+
+
+def _adafactor_bytes(p: Tensor) -> int:
+    """Adafactor keeps row/column statistics for matrices (negligible bytes): read p and g, write p.
+
+    Vectors keep a full second moment, like an elementwise optimizer with one slot.
+    """
+    if p.dim() >= 2:
+        return 3 * p.numel() * p.element_size()
+    return _elementwise(1)(p)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSpec:
+    name: str  # torch.optim / compat class name
+    factory: str  # functional_optim factory name
+    module: str  # module of compat / functional_optim that defines it
+    torch_cls: Callable
+    has_fused: bool  # torch has a fused (CPU and CUDA) kernel for it
+    bytes_touched: Callable[[Tensor], int]  # lower bound on memory traffic of one step, per param
+    elementwise: bool = True  # its math is elementwise (so flattening params does not change it)
+    kwargs: dict = dataclasses.field(default_factory=dict)  # constructor kwargs (torch's defaults otherwise)
+    variants: tuple = ()  # extra flag sets for the bitwise foreach-vs-for-loop check
+
+
+_COMMON = ({"weight_decay": 0.1}, {"maximize": True})
+
+
+SPECS = (
+    OptimizerSpec("Adam", "adam", "adam", torch.optim.Adam, True, _elementwise(2),
+                  variants=_COMMON + ({"amsgrad": True, "weight_decay": 0.1},)),
+    OptimizerSpec("AdamW", "adamw", "adam", torch.optim.AdamW, True, _elementwise(2),
+                  variants=_COMMON + ({"amsgrad": True},)),
+    OptimizerSpec("Adagrad", "adagrad", "adagrad", torch.optim.Adagrad, True, _elementwise(1),
+                  variants=_COMMON + ({"lr_decay": 0.01, "initial_accumulator_value": 0.1},)),
+    OptimizerSpec("Adadelta", "adadelta", "adadelta", torch.optim.Adadelta, False, _elementwise(2),
+                  variants=_COMMON + ({"rho": 0.5, "lr": 0.5},)),
+    OptimizerSpec("NAdam", "nadam", "nadam", torch.optim.NAdam, False, _elementwise(2),
+                  variants=_COMMON + ({"weight_decay": 0.1, "decoupled_weight_decay": True},)),
+    OptimizerSpec("Adafactor", "adafactor", "adafactor", torch.optim.Adafactor, False, _adafactor_bytes,
+                  elementwise=False, variants=_COMMON + ({"beta2_decay": -0.5, "d": 2.0},)),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Available:
+    spec: OptimizerSpec
+    compat_cls: Optional[type]
+    functional: Optional[Callable]  # factory: functional_optim.<factory>(**kwargs) -> GradientTransformation
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+def _lookup(package: str, module: str, attr: str) -> tuple[Optional[object], Optional[str]]:
+    """``package.attr`` if exported, else ``package.module.attr``; (None, reason) if neither imports."""
+    try:
+        found = getattr(importlib.import_module(package), attr, None)
+        if found is None or inspect.ismodule(found):  # ``functional_optim.adagrad`` may be the submodule
+            found = getattr(importlib.import_module(f"{package}.{module}"), attr, None)
+        if found is None or inspect.ismodule(found):
+            return None, f"{package}.{module} has no {attr}"
+        return found, None
+    except Exception as exc:  # a module another contributor has not finished (or broke) must not stop the suite
+        return None, f"{package}.{module}.{attr} not importable ({type(exc).__name__}: {exc})"
+
+
+def discover(names: Optional[list[str]] = None) -> tuple[list[Available], list[str]]:
+    """The optimizers to benchmark (all of :data:`SPECS`, or ``names``) and notes on what is missing."""
+    wanted = {n.lower() for n in names} if names else None
+    found, notes = [], []
+    for spec in SPECS:
+        if wanted is not None and spec.name.lower() not in wanted:
+            continue
+        compat_cls, compat_note = _lookup("compat", spec.module, spec.name)
+        functional, functional_note = _lookup("functional_optim", spec.module, spec.factory)
+        notes += [n for n in (compat_note, functional_note) if n]
+        if compat_cls is None and functional is None:
+            notes.append(f"{spec.name}: skipped (neither compat nor functional_optim provides it yet)")
+            continue
+        found.append(Available(spec, compat_cls, functional))
+    if wanted is not None:
+        unknown = wanted - {s.name.lower() for s in SPECS}
+        if unknown:
+            raise SystemExit(f"unknown optimizer(s): {sorted(unknown)}; known: {[s.name for s in SPECS]}")
+    return found, notes

@@ -1,0 +1,297 @@
+"""Markdown tables, a PNG plot and the raw JSON of one benchmark run."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Optional
+
+from .bitwise import STEPS as BITWISE_STEPS
+
+IMPL_ORDER = ["torch/for-loop", "torch/foreach", "torch/fused", "compat/for-loop", "compat/foreach",
+              "compat/fused", "functional/eager", "functional/compiled", "torch/compiled-step"]
+OURS = ("compat/for-loop", "compat/foreach", "compat/fused", "functional/eager", "functional/compiled")
+TOLERANCE = 0.05  # compat within 5% of torch.optim
+
+
+def _label(row: dict) -> str:
+    return f"{row['family']}/{row['impl']}"
+
+
+def _ms(x: Optional[float]) -> str:
+    if x is None:
+        return "–"
+    return f"{x:.3g}" if x < 100 else f"{x:.0f}"
+
+
+def _mb(n: Optional[int]) -> str:
+    return "–" if n is None else f"{n / 2**20:.1f}"
+
+
+def _table(header: list, rows: list) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _index(rows: list) -> dict:
+    """``(workload, optimizer) -> {label: row}``."""
+    out: dict = {}
+    for r in rows:
+        out.setdefault((r["workload"], r["optimizer"]), {})[_label(r)] = r
+    return out
+
+
+def _default_label(device: str) -> str:
+    return "torch/foreach" if device.startswith("cuda") else "torch/for-loop"
+
+
+def _ratio(a: Optional[dict], b: Optional[dict]) -> Optional[float]:
+    if a is None or b is None:
+        return None
+    return a["median_ms"] / b["median_ms"]
+
+
+def _x(r: Optional[float], mark: bool = False) -> str:
+    if r is None:
+        return "–"
+    text = f"{r:.2f}×"
+    if mark:
+        text += " ✓" if r <= 1 + TOLERANCE else " ✗"
+    return text
+
+
+def summary_sections(result: dict) -> list:
+    rows, device = result["rows"], result["machine"]["device"]
+    default = _default_label(device)
+    idx = _index(rows)
+    workloads = list(dict.fromkeys(r["workload"] for r in rows))
+    out = []
+
+    # (1) compat vs torch per implementation
+    body = []
+    for (w, o), by in idx.items():
+        cells = [_x(_ratio(by.get(f"compat/{i}"), by.get(f"torch/{i}")), mark=True)
+                 for i in ("for-loop", "foreach", "fused")]
+        body.append([w, o] + cells)
+    out.append("## compat vs torch.optim, same implementation\n\n"
+               f"Median step time of `compat.X` ÷ `torch.optim.X` with the same flags, measured interleaved "
+               f"(✓ within {TOLERANCE:.0%}, ✗ slower than that).\n\n"
+               + _table(["workload", "optimizer", "for-loop", "foreach", "fused"], body))
+
+    # (2) default vs our loop/foreach, bitwise foreach == for-loop
+    body = []
+    for (w, o), by in idx.items():
+        ref = by.get(default)
+        ours = {k: v for k, v in by.items() if k in OURS and k != "functional/compiled"}
+        fastest = min(ours, key=lambda k: ours[k]["median_ms"]) if ours else None
+        fe = by.get("compat/foreach", {}).get("foreach_bitwise_vs_own_for_loop")
+        tfe = by.get("torch/foreach", {}).get("foreach_bitwise_vs_own_for_loop")
+        body.append([w, o, _ms(ref and ref["median_ms"]),
+                     _ms(by.get("compat/for-loop", {}).get("median_ms")),
+                     _ms(by.get("compat/foreach", {}).get("median_ms")),
+                     f"{fastest} ({_x(_ratio(ours[fastest], ref))})" if fastest else "–",
+                     {True: "yes", False: "no", None: "–"}[fe], {True: "yes", False: "no", None: "–"}[tfe]])
+    out.append(f"## torch's default ({default}) vs our paths\n\n"
+               "Milliseconds per step. *Fastest eager path* is the fastest of compat for-loop/foreach/fused and "
+               "functional eager (ratio against torch's default). *Bitwise* compares parameters after the same "
+               "steps: foreach against for-loop of the same family.\n\n"
+               + _table(["workload", "optimizer", f"{default} ms", "compat/for-loop ms", "compat/foreach ms",
+                         "fastest eager path", "compat foreach ≡ for-loop", "torch foreach ≡ for-loop"], body))
+
+    # (2b) bitwise over flag sets
+    body = []
+    yn = {True: "yes", False: "**no**", None: "–"}
+    for b in result.get("bitwise", []):
+        flags = ", ".join(f"{k}={v}" for k, v in b["flags"].items()) or "defaults"
+        if b.get("error"):
+            body.append([b["optimizer"], flags, b["dtype"], yn[b["torch_foreach_eq_loop"]], f"error: {b['error']}", "", ""])
+            continue
+        body.append([b["optimizer"], flags, b["dtype"], yn[b["torch_foreach_eq_loop"]],
+                     yn[b.get("compat_foreach_eq_loop")], yn[b.get("compat_loop_eq_torch_loop")],
+                     yn[b.get("compat_foreach_eq_torch_foreach")]])
+    if body:
+        out.append("## Bitwise: foreach vs for-loop on this device\n\n"
+                   f"Parameters and every state tensor after {BITWISE_STEPS} steps with random gradients on small "
+                   "tensors of mixed shapes, compared with `torch.equal` (yes = bit for bit).\n\n"
+                   + _table(["optimizer", "flags", "dtype", "torch foreach ≡ torch for-loop",
+                             "compat foreach ≡ compat for-loop", "compat for-loop ≡ torch for-loop",
+                             "compat foreach ≡ torch foreach"], body))
+
+    # (3) compiled functional vs torch fused Adam
+    body = []
+    for (w, o), by in idx.items():
+        comp = by.get("functional/compiled")
+        if comp is None:
+            continue
+        adam_fused = by.get("torch/fused") if o == "Adam" else by.get("reference/Adam-fused")
+        best_torch = min((v for k, v in by.items() if k.startswith("torch/")), key=lambda v: v["median_ms"])
+        body.append([w, o, _ms(comp["median_ms"]), _ms(adam_fused and adam_fused["median_ms"]),
+                     _x(_ratio(comp, adam_fused)), f"{_label(best_torch)} {_ms(best_torch['median_ms'])}",
+                     _x(_ratio(comp, best_torch)), _ms(comp["floor_ms"])])
+    if body:
+        out.append("## Compiled functional step vs torch's fused Adam\n\n"
+                   "`torch.compile(update + apply_updates)` of each optimizer against `torch.optim.Adam(fused=True)` "
+                   "timed interleaved in the same block, and against the fastest torch.optim implementation of that "
+                   "optimizer.\n\n"
+                   + _table(["workload", "optimizer", "functional/compiled ms", "torch Adam fused ms",
+                             "÷ Adam fused", "fastest torch (ms)", "÷ fastest torch", "floor ms"], body))
+
+    # (4) compile time
+    body = []
+    for r in rows:
+        if r.get("graphs") is not None:
+            dyn = r["first_call_s"] - r["inductor_s"]
+            body.append([r["workload"], r["optimizer"], _label(r), f"{r['first_call_s']:.1f}", r["graphs"],
+                         r["fx_nodes"], f"{dyn:.1f}", f"{r['inductor_s']:.1f}", _ms(r["median_ms"]), "–"])
+    for s in result.get("compile_study", []):
+        name = f"{s['target']}"
+        wname = s.get("workload", "many-small").split(":")[0]
+        if s.get("timed_out"):
+            body.append([wname, s["optimizer"], name, f"> {s['timeout_s']:.0f} (timed out)"] + ["–"] * 6)
+        elif s.get("error"):
+            body.append([wname, s["optimizer"], name, f"failed: {s['error'][:80]}"] + ["–"] * 6)
+        else:
+            dyn = s["first_call_s"] - s["inductor_s"]
+            body.append([wname + f" ({s['tensors']} tensor{'s' if s['tensors'] > 1 else ''})",
+                         s["optimizer"], name, f"{s['first_call_s']:.1f}", s["graphs"], s["fx_nodes"],
+                         f"{dyn:.1f}", f"{s['inductor_s']:.1f}", _ms(s["step_ms"]),
+                         f"{s['reference']} {_ms(s['reference_step_ms'])}"])
+    if body:
+        out.append("## Compile time\n\n"
+                   "*First call* is the first call of the compiled step (tracing + Inductor + one step) with a cold "
+                   "Inductor cache; *dynamo* = first call − Inductor. *FX nodes* counts the graph(s) handed to "
+                   "Inductor. `functional-flat` runs the same optimizer on the parameters grouped into one flat "
+                   "buffer per dtype/device (one tensor of the same total size).\n\n"
+                   + _table(["workload", "optimizer", "step", "first call s", "graphs", "FX nodes", "dynamo s",
+                             "inductor s", "step ms", "torch default (same process) ms"], body))
+    return out
+
+
+def workload_section(result: dict, workload: str) -> str:
+    rows = [r for r in result["rows"] if r["workload"] == workload]
+    default = _default_label(result["machine"]["device"])
+    idx = _index(rows)
+    labels = [l for l in IMPL_ORDER if any(l in by for by in idx.values())]
+    pivot = []
+    for (w, o), by in idx.items():
+        floor = next(iter(by.values()))["floor_ms"]
+        pivot.append([o] + [_ms(by[l]["median_ms"]) if l in by else "–" for l in labels] + [_ms(floor)])
+    detail = []
+    for (w, o), by in idx.items():
+        ref = by.get(default)
+        for l, r in by.items():
+            same = by.get(f"torch/{r['impl']}") if r["family"] != "torch" else None
+            bit = r.get("vs_torch_default_bitwise")
+            eq = "≡" if bit else ("–" if bit is None else f"{r['vs_torch_default_max_abs_diff']:.1e}")
+            iqr = f"{_ms(r['q1_ms'])}–{_ms(r['q3_ms'])}" if r.get("q1_ms") is not None else "–"
+            detail.append([o, l, _ms(r["median_ms"]), iqr, _x(_ratio(r, ref)), _x(_ratio(r, same)),
+                           f"{r['floor_ms'] / r['median_ms']:.0%}", _mb(r["step_peak_bytes"]), _mb(r["state_bytes"]),
+                           f"{r['first_call_s']:.2f}", eq])
+    return (f"## {result['workloads'][workload]}\n\n"
+            "Median milliseconds per step (last column: bandwidth floor).\n\n"
+            + _table(["optimizer"] + labels + ["floor"], pivot)
+            + "\n\n<details><summary>Details</summary>\n\n"
+            + _table(["optimizer", "implementation", "median ms", "IQR ms", f"÷ {default}", "÷ torch same impl",
+                      "floor / median", "step peak MiB", "state MiB", "first call s", f"params vs {default}"], detail)
+            + "\n\n</details>")
+
+
+def markdown(result: dict) -> str:
+    m, bw = result["machine"], result["bandwidth"]
+    head = [
+        f"# Optimizer step benchmark — {m.get('gpu', m['cpu'])} ({m['device']})",
+        "",
+        f"- date: {m['date']}; torch {m['torch']}; Python {m['python']}; {m['platform']}",
+        f"- CPU: {m['cpu']}, {m['cpu_count']} cores, torch threads: {m['torch_threads']}"
+        + (f"; GPU: {m['gpu']}" if "gpu" in m else ""),
+        f"- 1-min load average: {m.get('loadavg_start')} at start, {m.get('loadavg_end')} at end "
+        f"(above {m['cpu_count']} means other processes competed for the CPUs)",
+        f"- measured bandwidth: copy {bw['copy'] / 1e9:.1f} GB/s, add {bw['add'] / 1e9:.1f} GB/s "
+        f"(floor = bytes a step must touch ÷ {bw['best'] / 1e9:.1f} GB/s)",
+        f"- command: `{result['command']}`; reps {result['args']['reps']} (interleaved), "
+        f"warmup {result['args']['warmup']}; wall time {result['wall_s']:.0f} s",
+        f"- memory: *step peak* = {'torch.cuda.max_memory_allocated during one step above what was live before' if m['device'].startswith('cuda') else 'peak of bytes allocated by torch’s CPU allocator during one step (torch.profiler memory events), above what was live before'}; "
+        "*state* = bytes of the optimizer's persistent state tensors",
+        "",
+        "How to read these tables: `benchmarks/README.md`.",
+    ]
+    if result["notes"]:
+        head += ["", "Notes:", ""] + [f"- {n}" for n in result["notes"]]
+    workloads = list(dict.fromkeys(r["workload"] for r in result["rows"]))
+    sections = summary_sections(result) + [workload_section(result, w) for w in workloads]
+    return "\n".join(head) + "\n\n" + "\n\n".join(sections) + "\n"
+
+
+def plot(result: dict, path: str) -> bool:
+    """Grouped bars (log scale) of median step time per optimizer and implementation, floor as a line."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = result["rows"]
+    workloads = list(dict.fromkeys(r["workload"] for r in rows))
+    fig, axes = plt.subplots(len(workloads), 1, figsize=(13, 4.2 * len(workloads)), squeeze=False)
+    labels = [l for l in IMPL_ORDER if any(_label(r) == l for r in rows)]
+    colors = plt.get_cmap("tab10")
+    for ax, w in zip(axes[:, 0], workloads):
+        idx = {o: by for (wl, o), by in _index(rows).items() if wl == w}
+        width = 0.85 / len(labels)
+        for j, l in enumerate(labels):
+            xs = [i + (j - (len(labels) - 1) / 2) * width for i, o in enumerate(idx) if l in idx[o]]
+            ys = [idx[o][l]["median_ms"] for o in idx if l in idx[o]]
+            ax.bar(xs, ys, width, label=l, color=colors(j % 10))
+        for i, (o, by) in enumerate(idx.items()):
+            floor = next(iter(by.values()))["floor_ms"]
+            ax.hlines(floor, i - 0.45, i + 0.45, colors="black", linestyles="--",
+                      label="bandwidth floor" if i == 0 else None)
+        ax.set_xticks(range(len(idx)), list(idx))
+        ax.set_yscale("log")
+        ax.set_ylabel("ms / step (median)")
+        ax.set_title(result["workloads"][w])
+        ax.grid(axis="y", which="both", alpha=0.3)
+    legend = {}
+    for ax in axes[:, 0]:
+        for handle, name in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(name, handle)
+    fig.legend(list(legend.values()), list(legend), ncol=5, fontsize=8, loc="lower center")
+    m = result["machine"]
+    fig.suptitle(f"{m.get('gpu', m['cpu'])} ({m['device']}, {m['torch_threads']} threads), torch {m['torch']}, "
+                 f"{m['date']}", fontsize=10)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def file_stem(result: dict) -> str:
+    m = result["machine"]
+    name = "cpu" if m["device"] == "cpu" else "cuda-" + re.sub(r"[^a-z0-9]+", "-", m.get("gpu", "gpu").lower())
+    return name.strip("-") + ("-quick" if result["args"].get("quick") else "")
+
+
+def write(result: dict, out_dir: str) -> list:
+    os.makedirs(out_dir, exist_ok=True)
+    stem = os.path.join(out_dir, file_stem(result))
+    with open(stem + ".json", "w") as f:
+        json.dump(result, f, indent=1, default=str)
+    with open(stem + ".md", "w") as f:
+        f.write(markdown(result))
+    paths = [stem + ".md", stem + ".json"]
+    if plot(result, stem + ".png"):
+        paths.append(stem + ".png")
+    return paths
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: python -m benchmarks.report RESULTS.json  (re-renders its .md and .png)")
+    with open(sys.argv[1]) as f:
+        saved = json.load(f)
+    print("\n".join(write(saved, os.path.dirname(os.path.abspath(sys.argv[1])))))

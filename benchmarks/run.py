@@ -1,0 +1,276 @@
+"""Benchmark suite: per-step time, memory and compile time of every optimizer and implementation.
+
+    .venv/bin/python -m benchmarks.run            # full run (all optimizers, both workloads, compile study)
+    .venv/bin/python -m benchmarks.run --quick    # a couple of minutes: fewer reps, compile only Adam
+
+For each workload and optimizer it times, interleaved in one process: ``torch.optim`` (for-loop,
+foreach, fused where torch has it), ``compat`` (the same), ``functional_optim`` eager
+(``update`` + ``apply_updates``) and compiled (``torch.compile`` of that step). It writes
+``benchmarks/results/<device>.{md,json,png}``. See ``benchmarks/README.md`` for how to read them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from typing import Optional
+
+import torch
+
+from . import bitwise, compile_study, registry, report, workloads
+from .candidates import FunctionalCandidate, OptimCandidate
+from .measure import bandwidth, step_peak_bytes, time_interleaved, timed_first_step
+
+
+#: (workload, target) pairs of the compile study; the transformer's per-tensor compile is in its block
+STUDY = [("many-small", "functional"), ("many-small", "functional-flat"), ("many-small", "torch-step"),
+         ("transformer", "functional-flat")]
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _loadavg() -> Optional[float]:
+    """1-minute load average (other processes competing for the CPUs make timings noisy)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def machine_info(device: torch.device) -> dict:
+    info = {
+        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "loadavg_start": _loadavg(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def build_candidates(opt: registry.Available, work: workloads.Workload, device: torch.device, compiled: bool,
+                     compile_torch_step: bool, adam_fused_ref: bool, notes: list) -> list:
+    """Every implementation of ``opt`` this checkout and device offer, each with its own copy of the work."""
+    spec, p, g, kw = opt.spec, work.params, work.grads, opt.spec.kwargs
+    impls = ["for-loop", "foreach"] + (["fused"] if spec.has_fused else [])
+    makers = [(f"torch/{i}", lambda i=i: OptimCandidate("torch", spec.torch_cls, i, p, g, kw)) for i in impls]
+    if opt.compat_cls is not None:
+        compat_impls = [i for i in impls if i != "fused" or getattr(opt.compat_cls, "fused_step", None) is not None]
+        if len(compat_impls) < len(impls):
+            notes.append(f"{spec.name}: compat has no fused implementation yet")
+        makers += [(f"compat/{i}", lambda i=i: OptimCandidate("compat", opt.compat_cls, i, p, g, kw))
+                   for i in compat_impls]
+    if opt.functional is not None:
+        makers.append(("functional/eager", lambda: FunctionalCandidate(opt.functional, False, p, g, kw)))
+        if compiled:
+            makers.append(("functional/compiled", lambda: FunctionalCandidate(opt.functional, True, p, g, kw)))
+    if compile_torch_step:
+        makers.append(("torch/compiled-step",
+                       lambda: OptimCandidate("torch", spec.torch_cls, "compiled-step", p, g, kw)))
+    if adam_fused_ref and spec.name != "Adam":
+        def adam_ref():
+            c = OptimCandidate("torch", torch.optim.Adam, "fused", p, g, {})
+            c.family, c.impl = "reference", "Adam-fused"
+            return c
+        makers.append(("reference/Adam-fused", adam_ref))
+
+    built = []
+    for label, make in makers:
+        try:
+            c = make()
+            if c.compile_info is not None:
+                log(f"    compiling {label} ...")
+            c.first_call_s = timed_first_step(c, device)
+            if c.compile_info is not None:
+                log(f"    compiled {label} in {c.first_call_s:.1f} s "
+                    f"({c.compile_info.graphs} graph(s), {c.compile_info.nodes} FX nodes)")
+            built.append(c)
+        except Exception as exc:  # report and go on: one broken implementation must not stop the suite
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            notes.append(f"{spec.name} {label} on {work.name}: failed ({type(exc).__name__}: {msg[:200]})")
+            log(f"    {label}: FAILED {type(exc).__name__}: {msg[:200]}")
+    return built
+
+
+def _compare(c, ref) -> dict:
+    """Parameters of ``c`` against ``ref`` after the same number of steps: bitwise equal, max |diff|."""
+    pairs = list(zip(c.params(), ref.params()))
+    equal = all(torch.equal(a, b) for a, b in pairs)
+    diff = 0.0 if equal else max(float((a.double() - b.double()).abs().max()) for a, b in pairs)
+    return {"bitwise": equal, "max_abs_diff": diff}
+
+
+def bench_block(opt, work, device, args, bw: float, notes: list) -> list:
+    """Time every implementation of one optimizer on one workload; one row per implementation."""
+    compiled = (not args.no_compile and work.name in args.compile_workloads
+                and (args.compile_optimizers is None or opt.name.lower() in args.compile_optimizers))
+    if compiled:
+        torch._dynamo.reset()  # each block's compiled step starts from an empty cache (no recompile limit hits)
+    candidates = build_candidates(
+        opt, work, device, compiled,
+        compile_torch_step=compiled and opt.name == "Adam" and not args.quick,
+        adam_fused_ref=compiled, notes=notes,
+    )
+    if not candidates:
+        return []
+    for _ in range(args.warmup):
+        for c in candidates:
+            c.step()
+    samples = time_interleaved(candidates, args.reps, device, progress=f"    timing {len(candidates)} implementations")
+    bw = max(bw, bandwidth(device, reps=5)["best"])  # re-measured next to this block's timings
+    by_label = {c.label: c for c in candidates}
+    ref = by_label.get(f"torch/{compile_study.default_impl(device)}")
+    floor_s = sum(opt.spec.bytes_touched(p) for p in work.params) / bw
+    rows = []
+    for c in candidates:
+        row = {
+            "workload": work.name,
+            "optimizer": opt.name,
+            "family": c.family,
+            "impl": c.impl,
+            "median_ms": 1e3 * statistics.median(samples[c.label]),
+            "min_ms": 1e3 * min(samples[c.label]),
+            "q1_ms": 1e3 * statistics.quantiles(samples[c.label], n=4)[0] if len(samples[c.label]) > 1 else None,
+            "q3_ms": 1e3 * statistics.quantiles(samples[c.label], n=4)[2] if len(samples[c.label]) > 1 else None,
+            "floor_ms": 1e3 * floor_s,
+            "bandwidth_gbs": bw / 1e9,
+            "first_call_s": c.first_call_s,
+            "state_bytes": c.state_bytes(),
+        }
+        if c.compile_info is not None:
+            row.update(c.compile_info.as_dict())
+        if ref is not None and c is not ref and c.family != "reference":
+            row.update({f"vs_torch_default_{k}": v for k, v in _compare(c, ref).items()})
+        if c.family == "compat" and c.impl == "foreach" and "compat/for-loop" in by_label:
+            row["foreach_bitwise_vs_own_for_loop"] = _compare(c, by_label["compat/for-loop"])["bitwise"]
+        if c.family == "torch" and c.impl == "foreach" and "torch/for-loop" in by_label:
+            row["foreach_bitwise_vs_own_for_loop"] = _compare(c, by_label["torch/for-loop"])["bitwise"]
+        rows.append(row)
+    for c, row in zip(candidates, rows):  # after the comparisons: this extra step changes the parameters
+        row["step_peak_bytes"] = step_peak_bytes(c, device)
+    return rows
+
+
+def parse_args(argv: Optional[list]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="5 reps, 1 warmup, compile only Adam, no compile study (a couple of minutes)")
+    parser.add_argument("--reps", type=int, help="timed steps per implementation (default 20; --quick 5)")
+    parser.add_argument("--warmup", type=int, help="untimed steps after the first (default 3; --quick 1)")
+    parser.add_argument("--optimizers", help="comma-separated subset, e.g. Adam,NAdam (default: all available)")
+    parser.add_argument("--workloads", default="transformer,many-small",
+                        help=f"comma-separated from {list(workloads.WORKLOADS)} (default transformer,many-small)")
+    parser.add_argument("--large", action="store_true", help="add the 134M-parameter workload (CUDA only)")
+    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--no-compile", action="store_true", help="skip every torch.compile measurement")
+    parser.add_argument("--compile-workloads", default="transformer,large",
+                        help="workloads whose blocks include functional/compiled (default transformer,large; "
+                             "many-small compiles are measured by the compile study instead)")
+    parser.add_argument("--compile-optimizers", help="optimizers to compile (default all; --quick: Adam)")
+    parser.add_argument("--no-compile-study", action="store_true",
+                        help="skip the compile-time study on the many-small workload")
+    parser.add_argument("--compile-timeout", type=float, default=600,
+                        help="seconds before a compile-study child is killed and reported as timed out (default 600)")
+    parser.add_argument("--warm-cache", action="store_true",
+                        help="use Inductor's usual cache (default: a fresh one, so compile times are cold)")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    args = parser.parse_args(argv)
+    args.reps = args.reps or (5 if args.quick else 20)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
+    if args.compile_optimizers is None and args.quick:
+        args.compile_optimizers = "Adam"
+    args.compile_optimizers = ({n.strip().lower() for n in args.compile_optimizers.split(",")}
+                               if args.compile_optimizers else None)
+    args.workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    args.compile_workloads = {w.strip() for w in args.compile_workloads.split(",")}
+    args.compile_study = not (args.no_compile or args.no_compile_study or args.quick)
+    return args
+
+
+def main(argv: Optional[list] = None) -> None:
+    args = parse_args(argv)
+    if not args.warm_cache:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="fo_bench_inductor_")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    notes: list = []
+    if args.large:
+        if device.type == "cuda":
+            args.workloads.append("large")
+        else:
+            notes.append("--large ignored: the large workload needs a CUDA device")
+    for w in args.workloads:
+        if w not in workloads.WORKLOADS:
+            raise SystemExit(f"unknown workload {w!r}; known: {list(workloads.WORKLOADS)}")
+    started = time.perf_counter()
+    info = machine_info(device)
+    log(f"benchmarks: torch {info['torch']} on {info.get('gpu', info['cpu'])} ({device}), "
+        f"{info['torch_threads']} threads; reps={args.reps} warmup={args.warmup}")
+    optimizers, found_notes = registry.discover(args.optimizers.split(",") if args.optimizers else None)
+    notes += found_notes
+    for n in found_notes:
+        log(f"  note: {n}")
+    log(f"optimizers: {', '.join(o.name for o in optimizers)}")
+
+    log("bitwise check: foreach vs for-loop, compat vs torch (small tensors, every flag set) ...")
+    bits = [row for opt in optimizers for row in bitwise.check(opt, device)]
+    bw = bandwidth(device)
+    log(f"bandwidth: copy {bw['copy'] / 1e9:.1f} GB/s, add {bw['add'] / 1e9:.1f} GB/s")
+    rows = []
+    for wname in args.workloads:
+        work = workloads.make(wname, device)
+        log(f"[{work.describe()}]")
+        for opt in optimizers:
+            log(f"  {opt.name}")
+            rows += bench_block(opt, work, device, args, bw["best"], notes)
+        del work
+        gc.collect()
+
+    study = []
+    if args.compile_study and any(o.name == "Adam" for o in optimizers):
+        for wname, target in STUDY:
+            log(f"[compile study] Adam {target} on {wname} (timeout {args.compile_timeout:.0f} s) ...")
+            t0 = time.perf_counter()
+            res = compile_study.run_child(target, "Adam", wname, min(args.reps, 10), str(device), args.compile_timeout)
+            log(f"    done in {time.perf_counter() - t0:.0f} s: "
+                f"{json.dumps({k: v for k, v in res.items() if k in ('first_call_s', 'timed_out', 'error')})}")
+            study.append(res)
+
+    command = " ".join([".venv/bin/python -m benchmarks.run"] + (sys.argv[1:] if argv is None else argv))
+    result = {"machine": info, "command": command, "args": {k: (sorted(v) if isinstance(v, set) else v) for k, v in vars(args).items()},
+              "bandwidth": bw, "workloads": {w: workloads.describe(w) for w in args.workloads},
+              "rows": rows, "bitwise": bits, "compile_study": study, "notes": notes,
+              "wall_s": time.perf_counter() - started}
+    info["loadavg_end"] = _loadavg()
+    paths = report.write(result, args.out)
+    log(f"done in {result['wall_s']:.0f} s; wrote {', '.join(paths)}")
+
+
+if __name__ == "__main__":
+    main()
