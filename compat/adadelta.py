@@ -29,6 +29,7 @@ class Adadelta(FunctionalOptimizer):
     fused Adadelta, so neither does this class.
     """
 
+    cpu_default_foreach = True
     definition = ADADELTA
     capturable_devices = staticmethod(lambda: _get_capturable_supported_devices(supports_xla=False))
 
@@ -83,7 +84,7 @@ class Adadelta(FunctionalOptimizer):
         foreach = group["foreach"]
         if foreach is None:
             _, foreach = _default_to_fused_or_foreach(params, group["differentiable"], use_fused=False)
-        return bool(foreach)
+        return bool(foreach) or self._cpu_default_foreach(group, params)
 
     def _check_group(self, group: dict, params: list, state_steps: list) -> None:
         """torch.optim.adadelta's per-step checks, in its order (no ``requires_grad`` check on step)."""

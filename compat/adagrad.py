@@ -30,6 +30,7 @@ class Adagrad(FunctionalOptimizer):
     ``weight_decay`` nor ``fused``), and ``fused`` rejects complex parameters.
     """
 
+    cpu_default_foreach = True
     definition = ADAGRAD
     fused_step = staticmethod(adagrad_fused_)
 
@@ -138,7 +139,7 @@ class Adagrad(FunctionalOptimizer):
         foreach = group["foreach"]
         if group["fused"] is None and foreach is None:
             _, foreach = _default_to_fused_or_foreach(params, group["differentiable"], use_fused=False)
-        return bool(foreach)
+        return bool(foreach) or self._cpu_default_foreach(group, params)
 
     def _step_group(self, group: dict, params: list, grads: list, state: dict) -> None:
         has_sparse_grad = any(g.is_sparse for g in grads)

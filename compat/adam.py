@@ -32,6 +32,7 @@ class Adam(FunctionalOptimizer):
     step on the device for CUDA graphs, ``differentiable`` lets autograd through ``step``).
     """
 
+    cpu_default_foreach = True
     definition = ADAM
     fused_step = staticmethod(adam_fused_)
 

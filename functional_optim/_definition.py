@@ -71,6 +71,9 @@ def run_kernel(definition: OptimizerDefinition, ops: Ops, params: list, grads: l
     Leaves with a sparse gradient are passed as they are: torch's sparse paths (Adagrad) work on
     complex values directly.
     """
+    if not any(torch.is_complex(p) for p in params):  # the common case: nothing to view
+        new_params, new_state = definition.kernel(ops, list(params), list(grads), dict(state), hparams, static)
+        return new_params, {k: new_state.get(k, v) for k, v in state.items()}
     dense = [not (isinstance(g, Tensor) and g.is_sparse) for g in grads]
     as_real = lambda ts: [_as_real(t) if d else t for t, d in zip(ts, dense)]  # noqa: E731
     real_state = {k: as_real(v) for k, v in state.items()}

@@ -169,24 +169,19 @@ class PureOps(Ops):
         return list(srcs)
 
 
-def _saved(t: Tensor) -> Tensor:
-    """Under autograd, an operand that backward saves must not be mutated later: copy it."""
-    return t.clone() if torch.is_grad_enabled() else t
-
-
 class LoopOps(Ops):
     """In-place math, one tensor at a time (torch's for-loop implementation)."""
 
     def __init__(self, host_scalars: bool = True):
         self.host_scalars = host_scalars
 
-    def _value(self, scalar: ScalarArg, i: int) -> Scalar:
-        """The ``value=``/``alpha=`` argument for tensor ``i``: torch passes a tensor there as a
-        Python number (read on the host) unless it must stay a tensor (capturable/autograd)."""
-        v = _nth(scalar, i)
-        if self.host_scalars and isinstance(v, Tensor) and not v.requires_grad:
-            return v.item()
-        return v
+    def _values(self, scalar: ScalarArg, n: int) -> list:
+        """Per-tensor ``value=``/``alpha=`` arguments: torch passes a tensor there as a Python
+        number (read on the host) unless it must stay a tensor (capturable/autograd)."""
+        values = list(scalar) if isinstance(scalar, (list, tuple)) else [scalar] * n
+        if self.host_scalars:
+            values = [v.item() if isinstance(v, Tensor) and not v.requires_grad else v for v in values]
+        return values
 
     def sqrt(self, xs):
         # A temporary may be updated in place by later ops; under autograd sqrt's backward saves
@@ -201,8 +196,8 @@ class LoopOps(Ops):
         return steps
 
     def add_(self, xs, other: ScalarArg | list, alpha: ScalarArg = 1):
-        for i, x in enumerate(xs):
-            o, a = _nth(other, i), self._value(alpha, i)
+        others = list(other) if isinstance(other, (list, tuple)) else [other] * len(xs)
+        for x, o, a in zip(xs, others, self._values(alpha, len(xs))):
             if isinstance(a, Tensor):
                 x.add_(o * a)
             else:
@@ -215,8 +210,12 @@ class LoopOps(Ops):
         return xs
 
     def mul_(self, xs, scalar: ScalarArg):
-        for i, x in enumerate(xs):
-            x.mul_(_nth(scalar, i))
+        if isinstance(scalar, (list, tuple)):
+            for x, v in zip(xs, scalar):
+                x.mul_(v)
+        else:
+            for x in xs:
+                x.mul_(scalar)
         return xs
 
     def mul_tensors_(self, xs, others):
@@ -225,8 +224,12 @@ class LoopOps(Ops):
         return xs
 
     def div_(self, xs, scalar: ScalarArg):
-        for i, x in enumerate(xs):
-            x.div_(_nth(scalar, i))
+        if isinstance(scalar, (list, tuple)):
+            for x, v in zip(xs, scalar):
+                x.div_(v)
+        else:
+            for x in xs:
+                x.div_(scalar)
         return xs
 
     def div_tensors_(self, xs, others):
@@ -235,14 +238,16 @@ class LoopOps(Ops):
         return xs
 
     def lerp_(self, xs, ends, weight: ScalarArg):
-        for i, (x, e) in enumerate(zip(xs, ends)):
-            x.lerp_(e, _nth(weight, i))
+        weights = list(weight) if isinstance(weight, (list, tuple)) else [weight] * len(xs)
+        for x, e, w in zip(xs, ends, weights):
+            x.lerp_(e, w)
         return xs
 
     def addcmul_(self, xs, t1s, t2s, value: ScalarArg = 1):
-        for i, (x, a, b) in enumerate(zip(xs, t1s, t2s)):
-            v = self._value(value, i)
-            a, b = _saved(a), _saved(b)
+        keep = torch.is_grad_enabled()  # under autograd, operands saved for backward are copied
+        for x, a, b, v in zip(xs, t1s, t2s, self._values(value, len(xs))):
+            if keep:
+                a, b = a.clone(), b.clone()
             if isinstance(v, Tensor):
                 x.add_(a * b * v)
             else:
@@ -250,9 +255,10 @@ class LoopOps(Ops):
         return xs
 
     def addcdiv_(self, xs, t1s, t2s, value: ScalarArg = 1):
-        for i, (x, a, b) in enumerate(zip(xs, t1s, t2s)):
-            v = self._value(value, i)
-            a, b = _saved(a), _saved(b)
+        keep = torch.is_grad_enabled()  # under autograd, operands saved for backward are copied
+        for x, a, b, v in zip(xs, t1s, t2s, self._values(value, len(xs))):
+            if keep:
+                a, b = a.clone(), b.clone()
             if isinstance(v, Tensor):
                 x.add_(torch.div(a, b).mul_(v))
             else:
@@ -260,10 +266,11 @@ class LoopOps(Ops):
         return xs
 
     def maximum_(self, xs, others):
-        for x, o in zip(xs, others):
-            if torch.is_grad_enabled():
-                x.copy_(torch.maximum(_saved(x), _saved(o)))
-            else:
+        if torch.is_grad_enabled():  # operands saved for backward must not change later: copy them
+            for x, o in zip(xs, others):
+                x.copy_(torch.maximum(x.clone(), o.clone()))
+        else:
+            for x, o in zip(xs, others):
                 torch.maximum(x, o, out=x)
         return xs
 
