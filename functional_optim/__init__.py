@@ -26,6 +26,7 @@ from .combine import (
     tree_set,
 )
 from .flat import FlatLayout
+from .inplace import step_
 from .inject import InjectHyperparamsState, inject_hyperparams, named_hparams, replace_hparams
 from .schedules import (
     constant_schedule,
@@ -141,6 +142,7 @@ __all__ = [
     "zero_nans",
     "EMPTY",
     "FlatLayout",
+    "step_",
     "Empty",
 ]
 __version__ = "0.1.0"

@@ -48,7 +48,7 @@ def nadam_kernel(ops: Ops, params: list, grads: list, state: dict, hparams: Any,
     t = ops.step_values(steps)
     mus = [beta1 * (1.0 - 0.5 * (0.96 ** (ti * psi))) for ti in t]
     mu_nexts = [beta1 * (1.0 - 0.5 * (0.96 ** ((ti + 1) * psi))) for ti in t]
-    bias_correction2_sqrt = [(1 - beta2**ti) ** 0.5 for ti in t]
+    bias_correction2_sqrt = ops.realize([(1 - beta2**ti) ** 0.5 for ti in t])
     mu_products = ops.mul_(state["mu_product"], mus)
 
     exp_avgs = ops.lerp_(exp_avgs, grads, 1 - beta1)
@@ -61,8 +61,8 @@ def nadam_kernel(ops: Ops, params: list, grads: list, state: dict, hparams: Any,
 
     # mu_product read like the steps (Python floats or float64), or used as is (torch's differentiable path)
     prods = mu_products if static.differentiable else ops.scalar_values(mu_products)
-    grad_step = [(-lr * (1.0 - mu)) / (1.0 - p) for mu, p in zip(mus, prods)]
-    exp_avg_step = [(-lr * mu_next) / (1.0 - p * mu_next) for mu_next, p in zip(mu_nexts, prods)]
+    grad_step = ops.realize([(-lr * (1.0 - mu)) / (1.0 - p) for mu, p in zip(mus, prods)])
+    exp_avg_step = ops.realize([(-lr * mu_next) / (1.0 - p * mu_next) for mu_next, p in zip(mu_nexts, prods)])
     params = ops.addcdiv_(params, grads, denom, grad_step)
     params = ops.addcdiv_(params, exp_avgs, denom, exp_avg_step)
     return params, {"step": steps, "mu_product": mu_products, "exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs}

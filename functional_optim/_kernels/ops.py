@@ -61,6 +61,21 @@ class Ops:
             return list(scalars)
         return [s.to(self.step_dtype) for s in scalars]
 
+    def realize(self, scalars: list) -> list:
+        """Per-parameter tensor scalars computed once, not once per element, under torch.compile.
+
+        Inductor inlines a cheap 0-d expression (``lr / (1 - beta1 ** t)``) into the loop of every
+        tensor that uses it, recomputing the float64 ``pow`` per element: a compiled Adam step on
+        13.5M parameters took 55 ms instead of 10 ms. A 1x1 matmul is never inlined, so routing the
+        scalars through one (an exact multiplication by 1) makes Inductor compute them once.
+        Eagerly, and for Python numbers, this is the identity.
+        """
+        if not (torch.compiler.is_compiling() and scalars and all(isinstance(s, Tensor) for s in scalars)):
+            return scalars
+        stacked = torch.stack(scalars)
+        one = torch.ones((1, 1), dtype=stacked.dtype, device=stacked.device)
+        return list(torch.mm(stacked.reshape(-1, 1), one).reshape(stacked.shape).unbind())
+
     # Always out of place --------------------------------------------------------------
     def neg(self, xs):
         return [torch.neg(x) for x in xs]

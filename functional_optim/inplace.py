@@ -1,0 +1,32 @@
+"""An opt-in in-place step for speed: the pure math, written into the existing tensors.
+
+``update`` allocates new parameters and state every step (that is what makes it pure). A training
+loop that owns its tensors can call :func:`step_` instead: it runs the same ``update`` and writes
+the results into ``params`` and ``state``. Under ``torch.compile`` Inductor fuses each computation
+with its write, so the step reads and writes every tensor once and allocates nothing, like torch's
+fused kernels. The numbers are exactly those of ``update`` followed by ``apply_updates``. It is not
+differentiable (it runs under ``torch.no_grad``); use ``update`` for meta-learning.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .base import GradientTransformation
+from .tree import flatten
+
+__all__ = ["step_"]
+
+
+def step_(transformation: GradientTransformation, grads: Any, state: Any, params: Any, hparams: Any = None) -> None:
+    """``params += updates`` and ``state <- new_state``, written in place (see module docstring)."""
+    updates, new_state = transformation.update(grads, state, params, hparams)
+    with torch.no_grad():
+        for p, u in zip(flatten(params)[0], flatten(updates)[0]):
+            if u is not None:
+                p.add_(u)
+        for old, new in zip(flatten(state)[0], flatten(new_state)[0]):
+            if isinstance(old, torch.Tensor) and new is not old:
+                old.copy_(new)
