@@ -108,14 +108,19 @@ class OptimCandidate(Candidate):
 class FunctionalCandidate(Candidate):
     """``functional_optim``: ``update`` then ``apply_updates``, eagerly or under ``torch.compile``."""
 
-    def __init__(self, factory: Callable, compiled: bool, params: list, grads: list, kwargs: dict) -> None:
-        self.family, self.impl = "functional", "compiled" if compiled else "eager"
+    def __init__(self, factory: Callable, compiled: bool, params: list, grads: list, kwargs: dict,
+                 inplace: bool = False) -> None:
+        self.family = "functional"
+        self.impl = ("compiled" if compiled else "eager") + ("-inplace" if inplace else "")
         transform = factory(**kwargs)
         self._params = [p.clone() for p in params]
         self._grads = [g.clone() for g in grads]
         self._state = transform.init(self._params)
 
         def step(params, grads, state):
+            if inplace:  # functional_optim.step_: the same math written into the tensors
+                functional_optim.step_(transform, grads, state, params)
+                return params, state
             updates, state = transform.update(grads, state, params)
             return functional_optim.apply_updates(params, updates), state
 

@@ -10,8 +10,10 @@ from typing import Optional
 from .bitwise import STEPS as BITWISE_STEPS
 
 IMPL_ORDER = ["torch/for-loop", "torch/foreach", "torch/fused", "compat/for-loop", "compat/foreach",
-              "compat/fused", "functional/eager", "functional/compiled", "torch/compiled-step"]
-OURS = ("compat/for-loop", "compat/foreach", "compat/fused", "functional/eager", "functional/compiled")
+              "compat/fused", "functional/eager", "functional/compiled", "functional/compiled-inplace",
+              "torch/compiled-step"]
+OURS = ("compat/for-loop", "compat/foreach", "compat/fused", "functional/eager", "functional/compiled",
+        "functional/compiled-inplace")
 TOLERANCE = 0.05  # compat within 5% of torch.optim
 
 
@@ -84,7 +86,7 @@ def summary_sections(result: dict) -> list:
     body = []
     for (w, o), by in idx.items():
         ref = by.get(default)
-        ours = {k: v for k, v in by.items() if k in OURS and k != "functional/compiled"}
+        ours = {k: v for k, v in by.items() if k in OURS and not k.startswith("functional/compiled")}
         fastest = min(ours, key=lambda k: ours[k]["median_ms"]) if ours else None
         fe = by.get("compat/foreach", {}).get("foreach_bitwise_vs_own_for_loop")
         tfe = by.get("torch/foreach", {}).get("foreach_bitwise_vs_own_for_loop")
@@ -122,20 +124,22 @@ def summary_sections(result: dict) -> list:
     # (3) compiled functional vs torch fused Adam
     body = []
     for (w, o), by in idx.items():
-        comp = by.get("functional/compiled")
-        if comp is None:
-            continue
-        adam_fused = by.get("torch/fused") if o == "Adam" else by.get("reference/Adam-fused")
-        best_torch = min((v for k, v in by.items() if k.startswith("torch/")), key=lambda v: v["median_ms"])
-        body.append([w, o, _ms(comp["median_ms"]), _ms(adam_fused and adam_fused["median_ms"]),
-                     _x(_ratio(comp, adam_fused)), f"{_label(best_torch)} {_ms(best_torch['median_ms'])}",
-                     _x(_ratio(comp, best_torch)), _ms(comp["floor_ms"])])
+        for kind in ("functional/compiled", "functional/compiled-inplace"):
+            comp = by.get(kind)
+            if comp is None:
+                continue
+            adam_fused = by.get("torch/fused") if o == "Adam" else by.get("reference/Adam-fused")
+            best_torch = min((v for k, v in by.items() if k.startswith("torch/")), key=lambda v: v["median_ms"])
+            body.append([w, o, kind.split("/")[1], _ms(comp["median_ms"]), _ms(adam_fused and adam_fused["median_ms"]),
+                         _x(_ratio(comp, adam_fused)), f"{_label(best_torch)} {_ms(best_torch['median_ms'])}",
+                         _x(_ratio(comp, best_torch)), _ms(comp["floor_ms"])])
     if body:
         out.append("## Compiled functional step vs torch's fused Adam\n\n"
-                   "`torch.compile(update + apply_updates)` of each optimizer against `torch.optim.Adam(fused=True)` "
+                   "`torch.compile(update + apply_updates)` (compiled) and `torch.compile(functional_optim.step_)` "
+                   "(compiled-inplace) of each optimizer against `torch.optim.Adam(fused=True)` "
                    "timed interleaved in the same block, and against the fastest torch.optim implementation of that "
                    "optimizer.\n\n"
-                   + _table(["workload", "optimizer", "functional/compiled ms", "torch Adam fused ms",
+                   + _table(["workload", "optimizer", "functional step", "compiled ms", "torch Adam fused ms",
                              "÷ Adam fused", "fastest torch (ms)", "÷ fastest torch", "floor ms"], body))
 
     # (4) compile time

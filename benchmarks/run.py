@@ -91,6 +91,8 @@ def build_candidates(opt: registry.Available, work: workloads.Workload, device: 
         makers.append(("functional/eager", lambda: FunctionalCandidate(opt.functional, False, p, g, kw)))
         if compiled:
             makers.append(("functional/compiled", lambda: FunctionalCandidate(opt.functional, True, p, g, kw)))
+            makers.append(("functional/compiled-inplace",
+                           lambda: FunctionalCandidate(opt.functional, True, p, g, kw, inplace=True)))
     if compile_torch_step:
         makers.append(("torch/compiled-step",
                        lambda: OptimCandidate("torch", spec.torch_cls, "compiled-step", p, g, kw)))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import optree
 import torch
 
 from .tree import flatten, unflatten
@@ -35,6 +36,12 @@ class FlatLayout:
             groups.setdefault((leaf.device, leaf.dtype), []).append(i)
         self.groups = list(groups.values())
         self.num_leaves = len(leaves)
+        # A flat dict (named parameters) or a list/tuple is rebuilt directly, which also works
+        # inside torch.compile; other trees go through their treespec (eager only).
+        self._dict_keys = None
+        if isinstance(tree, dict) and all(isinstance(v, torch.Tensor) for v in tree.values()):
+            self._dict_keys = [path[0] for path in optree.tree_paths(tree, none_is_leaf=True)]
+        self._sequence_type = type(tree) if type(tree) in (list, tuple) else None
 
     def pack(self, tree: Any) -> tuple[torch.Tensor, ...]:
         """New flat buffers holding the leaves of ``tree`` (a copy), in this layout."""
@@ -48,4 +55,8 @@ class FlatLayout:
             pieces = torch.split(buffer, [self.shapes[i].numel() for i in idx])
             for i, piece in zip(idx, pieces):
                 leaves[i] = piece.view(self.shapes[i])
+        if self._dict_keys is not None:
+            return dict(zip(self._dict_keys, leaves))
+        if self._sequence_type is not None:
+            return self._sequence_type(leaves)
         return unflatten(self.spec, leaves)

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .ops import Ops, nonzero
+from .ops import Ops
 
 
 def adam_kernel(ops: Ops, params: list, grads: list, state: dict, hparams: Any, static: Any):
@@ -33,13 +33,8 @@ def adam_kernel(ops: Ops, params: list, grads: list, state: dict, hparams: Any, 
     exp_avgs, exp_avg_sqs = state["exp_avg"], state["exp_avg_sq"]
 
     steps = ops.increment_(state["step"])
-    if static.maximize:
-        grads = ops.neg(grads)
-    if nonzero(weight_decay):
-        if static.decoupled_weight_decay:
-            params = ops.mul_(params, 1 - lr * weight_decay)
-        else:
-            grads = ops.add(grads, params, alpha=weight_decay)
+    params, grads = ops.signed_and_decayed(params, grads, static.maximize, lr, weight_decay,
+                                           static.decoupled_weight_decay)
 
     exp_avgs = ops.lerp_(exp_avgs, grads, 1 - beta1)
     exp_avg_sqs = ops.mul_(exp_avg_sqs, beta2)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .ops import Ops, nonzero
+from .ops import Ops
 
 
 def nadam_kernel(ops: Ops, params: list, grads: list, state: dict, hparams: Any, static: Any):
@@ -37,13 +37,8 @@ def nadam_kernel(ops: Ops, params: list, grads: list, state: dict, hparams: Any,
     exp_avgs, exp_avg_sqs = state["exp_avg"], state["exp_avg_sq"]
 
     steps = ops.increment_(state["step"])
-    if static.maximize:
-        grads = ops.neg(grads)
-    if nonzero(weight_decay):
-        if static.decoupled_weight_decay:
-            params = ops.mul_(params, 1 - lr * weight_decay)
-        else:
-            grads = ops.add(grads, params, alpha=weight_decay)
+    params, grads = ops.signed_and_decayed(params, grads, static.maximize, lr, weight_decay,
+                                           static.decoupled_weight_decay)
 
     t = ops.step_values(steps)
     mus = [beta1 * (1.0 - 0.5 * (0.96 ** (ti * psi))) for ti in t]

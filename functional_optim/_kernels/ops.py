@@ -76,6 +76,20 @@ class Ops:
         one = torch.ones((1, 1), dtype=stacked.dtype, device=stacked.device)
         return list(torch.mm(stacked.reshape(-1, 1), one).reshape(stacked.shape).unbind())
 
+    def signed_and_decayed(self, params, grads, maximize: bool, lr: Scalar, weight_decay: Scalar,
+                           decoupled: bool):
+        """The common opening of Adam-style steps: ``g <- -g`` if ``maximize``, then weight decay,
+        decoupled (``theta <- theta (1 - lr wd)``, Loshchilov & Hutter) or L2 (``g <- g + wd theta``).
+        The caller's grads are never modified."""
+        if maximize:
+            grads = self.neg(grads)
+        if nonzero(weight_decay):
+            if decoupled:
+                params = self.mul_(params, 1 - lr * weight_decay)
+            else:
+                grads = self.add(grads, params, alpha=weight_decay)
+        return params, grads
+
     # Always out of place --------------------------------------------------------------
     def neg(self, xs):
         return [torch.neg(x) for x in xs]
