@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
 
-import optree
 import torch
 
 from .tree import check_same_structure, flatten, unflatten
@@ -50,8 +49,3 @@ def apply_updates(params: Params, updates: Updates) -> Params:
     u_leaves, _ = flatten(updates)
     out = [p if u is None else (p + u).to(p.dtype) for p, u in zip(p_leaves, u_leaves)]
     return unflatten(spec, out)
-
-
-def tree_zeros_like(tree: Any) -> Any:
-    """``torch.zeros_like`` on every tensor leaf (``None`` stays ``None``)."""
-    return optree.tree_map(lambda x: None if x is None else torch.zeros_like(x), tree, none_is_leaf=True)

@@ -102,9 +102,6 @@ class Ops:
         """``x + value`` for a scalar ``value`` (a tensor scalar is cast to ``x``'s dtype)."""
         return [x + _as_dtype_of(_nth(value, i), x) for i, x in enumerate(xs)]
 
-    def mul(self, xs, scalar: ScalarArg):
-        return [x * _as_dtype_of(_nth(scalar, i), x) for i, x in enumerate(xs)]
-
     def square(self, xs):
         return [x * x for x in xs]
 
@@ -152,9 +149,6 @@ class PureOps(Ops):
             return self.add(xs, other, alpha)
         return [x + _as_dtype_of(_nth(other, i), x) * _nth(alpha, i) for i, x in enumerate(xs)]
 
-    def sub_(self, xs, others):
-        return [x - o for x, o in zip(xs, others)]
-
     def mul_(self, xs, scalar: ScalarArg):
         return [x * _as_dtype_of(_nth(scalar, i), x) for i, x in enumerate(xs)]
 
@@ -194,9 +188,6 @@ class PureOps(Ops):
     def sqrt_(self, xs):
         return self.sqrt(xs)
 
-    def copy_(self, xs, srcs):
-        return list(srcs)
-
 
 class LoopOps(Ops):
     """In-place math, one tensor at a time (torch's for-loop implementation)."""
@@ -231,11 +222,6 @@ class LoopOps(Ops):
                 x.add_(o * a)
             else:
                 x.add_(o, alpha=a)
-        return xs
-
-    def sub_(self, xs, others):
-        for x, o in zip(xs, others):
-            x.sub_(o)
         return xs
 
     def mul_(self, xs, scalar: ScalarArg):
@@ -308,11 +294,6 @@ class LoopOps(Ops):
             x.sqrt_()
         return xs
 
-    def copy_(self, xs, srcs):
-        for x, s in zip(xs, srcs):
-            x.copy_(s)
-        return xs
-
 
 def _is_tensor_list(scalar) -> bool:
     return isinstance(scalar, (list, tuple)) and bool(scalar) and isinstance(scalar[0], Tensor)
@@ -341,9 +322,6 @@ class ForeachOps(Ops):
             return super().add_scalar(xs, value)
         return list(torch._foreach_add(xs, value))
 
-    def mul(self, xs, scalar: ScalarArg):
-        return list(torch._foreach_mul(xs, scalar))
-
     def square(self, xs):
         return list(torch._foreach_mul(xs, xs))
 
@@ -368,10 +346,6 @@ class ForeachOps(Ops):
             torch._foreach_add_(xs, other)
         else:
             torch._foreach_add_(xs, [o * alpha for o in other] if isinstance(other, (list, tuple)) else other * alpha)
-        return xs
-
-    def sub_(self, xs, others):
-        torch._foreach_sub_(xs, others)
         return xs
 
     def mul_(self, xs, scalar: ScalarArg):
@@ -425,10 +399,6 @@ class ForeachOps(Ops):
 
     def sqrt_(self, xs):
         torch._foreach_sqrt_(xs)
-        return xs
-
-    def copy_(self, xs, srcs):
-        torch._foreach_copy_(xs, srcs)
         return xs
 
 
