@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
 
-
 from .tree import check_same_structure, flatten, unflatten
 
 Params = Any
