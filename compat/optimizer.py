@@ -177,7 +177,10 @@ class FunctionalOptimizer(Optimizer):
             for g_params, g_grads, g_state in _by_device_and_dtype(params, grads, state):
                 run_kernel(self.definition, ops, g_params, g_grads, g_state, hparams, static)
         else:
-            run_kernel(self.definition, LoopOps(host_scalars=host_scalars), params, grads, state, hparams, static)
+            ops = LoopOps(host_scalars=host_scalars)
+            for chunk in _cache_sized_chunks(params):
+                run_kernel(self.definition, ops, [params[i] for i in chunk], [grads[i] for i in chunk],
+                           {k: [v[i] for i in chunk] for k, v in state.items()}, hparams, static)
 
     def _fused_group(self, params, grads, state, hparams, static) -> None:
         grad_scale = getattr(self, "grad_scale", None)
@@ -256,6 +259,32 @@ class FunctionalOptimizer(Optimizer):
                             f"state '{key}' of parameter {pid} has shape {tuple(value.shape)}, "
                             f"expected {tuple(like.shape)}"
                         )
+
+
+#: elements per for-loop chunk: one large tensor at a time, small ones batched (see below)
+LOOP_CHUNK_NUMEL = 1 << 16
+
+
+def _cache_sized_chunks(params: list) -> list[list[int]]:
+    """Index chunks for the for-loop path: each op of the kernel runs over one chunk at a time.
+
+    torch's for-loop finishes one tensor before starting the next, so its temporaries are one
+    tensor's worth and stay in cache; running each op over every tensor first would hold
+    temporaries for all of them. Small tensors are batched into one chunk (fewer Python calls),
+    up to ``LOOP_CHUNK_NUMEL`` elements. The math is per tensor, so the numbers do not change.
+    """
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    size = 0
+    for i, p in enumerate(params):
+        if current and size + p.numel() > LOOP_CHUNK_NUMEL:
+            chunks.append(current)
+            current, size = [], 0
+        current.append(i)
+        size += p.numel()
+    if current:
+        chunks.append(current)
+    return chunks
 
 
 def _by_device_and_dtype(params: list, grads: list, state: dict):
