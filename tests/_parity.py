@@ -171,3 +171,23 @@ def signature_shape(fn) -> list[tuple]:
     import inspect
 
     return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
+
+
+def compare_on_cuda(torch_cls, compat_cls, kwargs: dict, second_group_lr: float, steps: int = 4) -> None:
+    """Step both optimizers on CUDA copies of :func:`make_params` (two param groups, the second with
+    ``second_group_lr``) and compare params (float32 tolerance) and state dicts."""
+
+    def run(cls):
+        params = [p.cuda().requires_grad_() for p in make_params(torch.float32)]
+        opt = cls([{"params": params[:2]}, {"params": params[2:], "lr": second_group_lr}], **kwargs)
+        for step in range(steps):
+            for p, g in zip(params, grads_for_step(make_params(torch.float32), step)):
+                p.grad = None if g is None else g.cuda()
+            opt.step()
+        return params, opt.state_dict()
+
+    ref_params, ref_sd = run(torch_cls)
+    params, sd = run(compat_cls)
+    for p, r in zip(params, ref_params):
+        assert_close(p.detach(), r.detach(), torch.float32, "cuda param")
+    assert_state_dicts_match(sd, ref_sd, torch.float32)

@@ -10,6 +10,7 @@ import torch
 from conftest import requires_cuda
 
 from _parity import (
+    compare_on_cuda,
     assert_close,
     assert_state_dicts_match,
     grads_for_step,
@@ -235,15 +236,6 @@ def test_functional_compiles_without_recompiling_on_tensor_hparams():
     assert counter.frame_count == 1
 
 
-def _cuda_run(cls, steps=4, **kwargs):
-    params = [p.cuda().requires_grad_() for p in make_params(torch.float32)]
-    opt = cls([{"params": params[:2]}, {"params": params[2:], "lr": 0.25}], **kwargs)
-    for step in range(steps):
-        for p, g in zip(params, grads_for_step(make_params(torch.float32), step)):
-            p.grad = None if g is None else g.cuda()
-        opt.step()
-    return params, opt.state_dict()
-
 
 @requires_cuda
 @pytest.mark.parametrize("impl", list(IMPLS))
@@ -252,8 +244,4 @@ def _cuda_run(cls, steps=4, **kwargs):
 def test_cuda_matches_torch(impl, capturable, lr):
     kwargs = dict(HP, lr=lr.cuda() if capturable and isinstance(lr, torch.Tensor) else lr,
                   weight_decay=0.1, capturable=capturable, **IMPLS[impl])
-    ref_params, ref_sd = _cuda_run(torch.optim.Adadelta, **kwargs)
-    params, sd = _cuda_run(Adadelta, **kwargs)
-    for p, r in zip(params, ref_params):
-        assert_close(p.detach(), r.detach(), torch.float32, "cuda param")
-    assert_state_dicts_match(sd, ref_sd, torch.float32)
+    compare_on_cuda(torch.optim.Adadelta, Adadelta, kwargs, second_group_lr=0.25)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from _parity import (
+    compare_on_cuda,
     IMPLS,
     assert_close,
     assert_state_dicts_match,
@@ -253,15 +254,6 @@ def test_functional_compiles_without_recompiling_on_tensor_hparams():
     assert counter.frame_count == 1
 
 
-def _cuda_run(cls, steps=4, **kwargs):
-    params = [p.cuda().requires_grad_() for p in make_params(torch.float32)]
-    opt = cls([{"params": params[:2]}, {"params": params[2:], "lr": 0.025}], **kwargs)
-    for step in range(steps):
-        for p, g in zip(params, grads_for_step(make_params(torch.float32), step)):
-            p.grad = None if g is None else g.cuda()
-        opt.step()
-    return params, opt.state_dict()
-
 
 @requires_cuda
 @pytest.mark.parametrize("impl", ["default", *IMPLS])
@@ -271,8 +263,4 @@ def test_cuda_matches_torch(impl, capturable, lr):
     # with capturable, torch does the scalar math in float32 tensors on the device: float32 precision
     kwargs = dict(HP, lr=lr.cuda() if capturable and isinstance(lr, torch.Tensor) else lr,
                   weight_decay=0.1, capturable=capturable, **IMPLS.get(impl, {}))
-    ref_params, ref_sd = _cuda_run(torch.optim.NAdam, **kwargs)
-    params, sd = _cuda_run(NAdam, **kwargs)
-    for p, r in zip(params, ref_params):
-        assert_close(p.detach(), r.detach(), torch.float32, "cuda param")
-    assert_state_dicts_match(sd, ref_sd, torch.float32)
+    compare_on_cuda(torch.optim.NAdam, NAdam, kwargs, second_group_lr=0.025)
