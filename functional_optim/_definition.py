@@ -16,7 +16,7 @@ get no gradient keep their own count, exactly like torch's per-parameter ``state
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
