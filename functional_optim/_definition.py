@@ -23,7 +23,9 @@ from torch import Tensor
 
 from ._kernels.ops import PURE, Ops
 from .base import GradientTransformation
-from .tree import EMPTY, is_empty, check_leaves_match, check_same_structure, flatten, leaf_paths, unflatten
+from ._autograd import warn_if_chaining_graphs
+from ._validate import check_hparams_record, scalar_hparams
+from .tree import EMPTY, check_leaves_match, check_same_structure, flatten, is_empty, lazy_paths, unflatten
 
 # kernel(ops, params, grads, state, hparams, static) -> (new_params, new_state)
 #   params/grads: lists of real tensors; state: dict slot name -> list (incl. "step")
@@ -43,10 +45,22 @@ class OptimizerDefinition:
     supports_complex: bool = True
     supports_sparse: bool = False
     check_grad: Optional[Callable[[Tensor, Any, Any], None]] = None  # raises torch's errors
+    #: (param shape, static) -> {slot: shape, or None where the slot is absent}; by default every
+    #: slot has the param's shape (``scalar_slots`` are 0-d). Must agree with ``init_slots``
+    #: (tested); it lets ``update`` check a state without creating anything.
+    slot_shapes: Optional[Callable[[torch.Size, Any], dict]] = None
+    #: per-parameter 0-d slots kept in their own float dtype, like ``step`` (NAdam's ``mu_product``)
+    scalar_slots: tuple[str, ...] = ()
 
     @property
     def slots(self) -> tuple[str, ...]:
         return tuple(f for f in self.state_type._fields if f != "step")
+
+    def expected_slot_shapes(self, shape: torch.Size, static: Any) -> dict:
+        """Each slot's shape for a parameter of ``shape`` (``None``: no tensor in that slot)."""
+        if self.slot_shapes is not None:
+            return dict(self.slot_shapes(shape, static))
+        return {s: (() if s in self.scalar_slots else tuple(shape)) for s in self.slots}
 
 
 def new_step(param: Tensor, dtype: torch.dtype = torch.float32, device=None) -> Tensor:
@@ -100,24 +114,77 @@ def unpack_field(params: Any, field: Any, name: str) -> list:
     return [None if is_empty(x) else x for x in flatten(field)[0]]
 
 
-def check_hparams_type(definition: OptimizerDefinition, hparams: Any) -> None:
-    if not isinstance(hparams, definition.hparams_type):
-        raise TypeError(
-            f"{definition.name}.update expects hparams of type {definition.hparams_type.__name__}, "
-            f"got {type(hparams).__name__}"
-        )
+def check_params(name: str, params: list, paths: Callable[[], list], supports_complex: bool = True) -> None:
+    """Parameters must be floating-point (or complex) tensors: integer ones would be truncated."""
+    for i, p in enumerate(params):
+        if not isinstance(p, Tensor):
+            raise TypeError(f"{name}: params at {paths()[i]} must be a Tensor, got {type(p).__name__}")
+        if not (p.is_floating_point() or p.is_complex()):
+            raise ValueError(
+                f"{name}: params at {paths()[i]} has dtype {p.dtype}; optimizers need floating-point "
+                f"(or complex) parameters"
+            )
+        if p.is_complex() and not supports_complex:
+            raise RuntimeError(f"{name} does not support complex parameters")
+
+
+def _scalar_slot_problem(value: Any, param: Tensor) -> Optional[str]:
+    """What is wrong with a per-parameter 0-d counter (``step``, ``mu_product``), or ``None``."""
+    if not isinstance(value, Tensor):
+        return f"must be a 0-d tensor, got {'no tensor' if value is None else type(value).__name__}"
+    if value.dim() != 0:
+        return f"has shape {tuple(value.shape)}, expected a 0-d tensor"
+    if not value.is_floating_point():
+        return f"has dtype {value.dtype}, expected a floating-point dtype"
+    if value.device != param.device and value.device.type != "cpu":
+        return f"is on {value.device}, expected {param.device} (or the CPU)"
+    return None
+
+
+def _slot_problem(value: Any, param: Tensor, shape: Optional[tuple]) -> Optional[str]:
+    """What is wrong with a state slot that should hold a tensor of ``shape`` with the param's
+    dtype and device (or nothing, when ``shape`` is ``None``), or ``None``."""
+    if shape is None:
+        return None if value is None else "holds a value where this optimizer keeps none"
+    if not isinstance(value, Tensor):
+        return f"must be a tensor of shape {tuple(shape)}, got {'no tensor' if value is None else type(value).__name__}"
+    if value.shape != shape:
+        return f"has shape {tuple(value.shape)}, expected {tuple(shape)}"
+    if value.dtype != param.dtype:
+        return f"has dtype {value.dtype}, expected {param.dtype}"
+    if value.device != param.device:
+        return f"is on {value.device}, expected {param.device}"
+    return None
+
+
+def check_state(definition: OptimizerDefinition, static: Any, params: list, fields: dict,
+                paths: Callable[[], list]) -> None:
+    """Every state leaf against its parameter: presence, shape, dtype and device.
+
+    Raises ``ValueError`` naming the field and path before anything is computed (a state made
+    for other shapes would otherwise broadcast into the parameters). Only Python comparisons of
+    shapes, dtypes and devices: no tensor is read or created, so it costs little and is resolved
+    at trace time under ``torch.compile``.
+    """
+    scalars = {"step", *definition.scalar_slots}
+    for i, p in enumerate(params):
+        layout = None if definition.slot_shapes is None else definition.slot_shapes(p.shape, static)
+        for name, leaves in fields.items():
+            if name in scalars:
+                problem = _scalar_slot_problem(leaves[i], p)
+            else:
+                problem = _slot_problem(leaves[i], p, p.shape if layout is None else layout[name])
+            if problem is not None:
+                raise ValueError(f"{definition.name}: state.{name} at {paths()[i]} {problem}")
 
 
 def make_transformation(definition: OptimizerDefinition, hparams: Any, static: Any) -> GradientTransformation:
     """Build the pure ``init``/``update`` pair for ``definition`` with default ``hparams``."""
+    hparams = scalar_hparams(hparams, definition.name)
 
     def init(params):
         leaves, spec = flatten(params)
-        for path, p in zip(leaf_paths(params), leaves):
-            if not isinstance(p, Tensor):
-                raise TypeError(f"{definition.name}.init: params at {path} must be a Tensor, got {type(p).__name__}")
-            if torch.is_complex(p) and not definition.supports_complex:
-                raise RuntimeError(f"{definition.name} does not support complex parameters")
+        check_params(definition.name, leaves, lazy_paths(params), definition.supports_complex)
         fields = {"step": unflatten(spec, [new_step(p) for p in leaves])}
         per_leaf = [definition.init_slots(p, hparams, static) for p in leaves]
         for slot in definition.slots:
@@ -125,8 +192,7 @@ def make_transformation(definition: OptimizerDefinition, hparams: Any, static: A
         return definition.state_type(**fields)
 
     def update(grads, state, params=None, hparams_now=None):
-        hp = hparams if hparams_now is None else hparams_now
-        check_hparams_type(definition, hp)
+        hp = check_hparams_record(definition.name, hparams, hparams_now)
         if params is None:
             raise ValueError(f"{definition.name}.update needs params (its step depends on them)")
         if not isinstance(state, definition.state_type):
@@ -139,12 +205,15 @@ def make_transformation(definition: OptimizerDefinition, hparams: Any, static: A
         fields = {}
         for name in state._fields:
             fields[name] = unpack_field(params, getattr(state, name), f"state.{name}")
-        paths = leaf_paths(params) if not torch.compiler.is_compiling() else [""] * len(p_leaves)
+        paths = lazy_paths(params)
+        check_params(definition.name, p_leaves, paths, definition.supports_complex)
         check_leaves_match(p_leaves, g_leaves, paths, "grads")
+        check_state(definition, static, p_leaves, fields, paths)
         if definition.check_grad is not None:
             for g in g_leaves:
                 if g is not None:
                     definition.check_grad(g, hp, static)
+        warn_if_chaining_graphs(definition.name, p_leaves, g_leaves, hp)
 
         active = [i for i, g in enumerate(g_leaves) if g is not None]
         sub_state = {name: [leaves[i] for i in active] for name, leaves in fields.items()}

@@ -70,6 +70,49 @@ def squeeze_scalar(x: Any) -> Any:
     return x
 
 
+def scalar_hparam(value: Any, where: str) -> Any:
+    """One hyperparameter as the math needs it: a number, or a 0-d tensor.
+
+    A 1-element tensor is squeezed to 0-d, as torch does with a 1-element ``lr``; any other
+    tensor is refused, since it would broadcast into the parameters and change their shapes.
+    """
+    if not isinstance(value, torch.Tensor) or value.dim() == 0:
+        return value
+    if value.numel() != 1:
+        raise ValueError(
+            f"{where} must be a number or a 0-d (or 1-element) tensor, got a tensor of shape {tuple(value.shape)}"
+        )
+    return value.reshape(())
+
+
+def scalar_hparams(record: Any, name: str) -> Any:
+    """``record`` (an hparams NamedTuple, fields possibly tuples such as ``betas``) with every
+    tensor field made 0-d by :func:`scalar_hparam`; errors name the transformation and field."""
+    if record is None:
+        return None
+    changed = {}
+    for field, value in zip(record._fields, record):
+        if isinstance(value, tuple):
+            new = tuple(scalar_hparam(v, f"{name} hparams.{field}[{i}]") for i, v in enumerate(value))
+            if any(n is not v for n, v in zip(new, value)):
+                changed[field] = new
+        else:
+            new = scalar_hparam(value, f"{name} hparams.{field}")
+            if new is not value:
+                changed[field] = new
+    return record._replace(**changed) if changed else record
+
+
+def check_hparams_record(name: str, defaults: Any, given: Any) -> Any:
+    """The record ``update`` runs with: ``defaults`` when ``given`` is ``None``, else ``given``
+    checked for its type and made scalar (see :func:`scalar_hparams`)."""
+    if given is None:
+        return defaults
+    if not isinstance(given, type(defaults)):
+        raise TypeError(f"{name}.update expects hparams of type {type(defaults).__name__}, got {type(given).__name__}")
+    return scalar_hparams(given, name)
+
+
 def check_adafactor(lr: Any, beta2_decay: Any, eps: Any, d: Any, weight_decay: Any) -> None:
     """torch.optim.Adafactor's checks, in its order (``eps`` is ``(eps1 | None, eps2)``)."""
     if isinstance(lr, torch.Tensor) and lr.numel() != 1:

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from .base import GradientTransformation
 from .combine import map_updates, select_tree
-from .tree import flatten, unflatten
+from .tree import check_counters, check_state_like, check_state_type, flatten, unflatten
 
 __all__ = ["MultiSteps", "MultiStepsState"]
 
@@ -69,6 +69,9 @@ class MultiSteps:
 
     def update(self, grads: Any, state: MultiStepsState, params: Any = None, hparams: Any = None):
         """Returns ``(updates, state)``: zeros until the k-th call, then the inner optimizer's step."""
+        check_state_type(state, MultiStepsState, "MultiSteps")
+        check_counters("MultiSteps", state, ("mini_step", "gradient_step"))
+        check_state_like(grads, state.acc_grads, "MultiSteps: state.acc_grads")
         k = self._k(state.gradient_step)
         emit = state.mini_step + 1 >= k
 

@@ -58,6 +58,12 @@ def _init_slots(p: Tensor, hparams: AdafactorHParams, static: AdafactorStatic) -
     return {"row_var": None, "col_var": None, "variance": torch.zeros_like(p, memory_format=torch.preserve_format)}
 
 
+def _slot_shapes(shape: torch.Size, static: AdafactorStatic) -> dict:
+    if len(shape) > 1:
+        return {"row_var": (*shape[:-1], 1), "col_var": (*shape[:-2], 1, shape[-1]), "variance": None}
+    return {"row_var": None, "col_var": None, "variance": shape}
+
+
 def _check_grad(grad: Tensor, hparams, static) -> None:
     if torch.is_complex(grad):
         raise RuntimeError("Adafactor does not support complex parameters")
@@ -74,6 +80,7 @@ ADAFACTOR = OptimizerDefinition(
     kernel=adafactor_kernel,
     supports_complex=False,
     check_grad=_check_grad,
+    slot_shapes=_slot_shapes,
 )
 
 

@@ -52,6 +52,10 @@ def _init_slots(p: Tensor, hparams: AdamHParams, static: AdamStatic) -> dict:
     }
 
 
+def _slot_shapes(shape: torch.Size, static: AdamStatic) -> dict:
+    return {"exp_avg": shape, "exp_avg_sq": shape, "max_exp_avg_sq": shape if static.amsgrad else None}
+
+
 def _check_grad(grad: Tensor, hparams, static) -> None:
     if grad.is_sparse:
         raise RuntimeError("Adam does not support sparse gradients, please consider SparseAdam instead")
@@ -65,6 +69,7 @@ ADAM = OptimizerDefinition(
     init_slots=_init_slots,
     kernel=adam_kernel,
     check_grad=_check_grad,
+    slot_shapes=_slot_shapes,
 )
 
 

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from .base import GradientTransformation
-from .tree import flatten, unflatten
+from .tree import check_state_type, flatten, unflatten
 
 __all__ = [
     "MaskedNode",
@@ -186,6 +186,17 @@ def _check_hparams_container(name: str, hparams: Any, keys: Sequence) -> None:
         raise TypeError(f"{name}: hparams must be a tuple or dict of the parts' records, got {type(hparams).__name__}")
 
 
+def _check_parts_state(name: str, state: Any, keys: Sequence, container: type) -> None:
+    """A combinator's state holds one entry per part: a tuple of that length, or a dict with those keys."""
+    if container is tuple:
+        if not isinstance(state, tuple) or hasattr(state, "_fields") or len(state) != len(keys):
+            got = f"{len(state)} entries" if isinstance(state, tuple) else type(state).__name__
+            raise ValueError(f"{name}: state must be a tuple of {len(keys)} part states, got {got}")
+    elif not isinstance(state, Mapping) or set(state) != set(keys):
+        got = sorted(map(str, state)) if isinstance(state, Mapping) else type(state).__name__
+        raise ValueError(f"{name}: state must be a dict of part states keyed by {list(keys)}, got {got}")
+
+
 # ---------------------------------------------------------------------------- combinators
 def chain(*transforms: GradientTransformation) -> GradientTransformation:
     """Apply ``transforms`` one after the other: each part's updates are the next part's input.
@@ -229,6 +240,7 @@ def _chain(name: str, keys: tuple, transforms: tuple, container: type) -> Gradie
 
     def update(grads, state, params=None, hparams=None):
         _check_hparams_container(name, hparams, keys)
+        _check_parts_state(name, state, keys, container)
         new_states = []
         for i, (key, t) in enumerate(zip(keys, transforms)):
             grads, s = t.update(grads, state[key], params, _part_hparams(hparams, i, key))
@@ -256,6 +268,7 @@ def masked(inner: GradientTransformation, mask: Any) -> GradientTransformation:
         return MaskedState(inner.init(_keep(params, _resolve(mask, params))))
 
     def update(grads, state, params=None, hparams=None):
+        check_state_type(state, MaskedState, "masked")
         keep = _resolve(mask, _params_or_updates(params, grads))
         sub_params = None if params is None else _keep(params, keep)
         sub_updates, inner_state = inner.update(_keep(grads, keep), state.inner_state, sub_params, hparams)
@@ -300,6 +313,8 @@ def partition(transforms: Mapping[Any, GradientTransformation], param_labels: An
         _check_hparams_container("partition", hparams, labels_set)
         if hparams is not None and not isinstance(hparams, Mapping):
             raise TypeError("partition: hparams must be a dict keyed by label")
+        check_state_type(state, PartitionState, "partition")
+        _check_parts_state("partition", state.inner_states, labels_set, dict)
         labels = labels_of(_params_or_updates(params, grads))
         leaves, spec = flatten(grads)
         out = list(leaves)

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from .base import GradientTransformation
-from .tree import flatten
+from .tree import check_counters, check_state_type, flatten
 
 __all__ = ["InjectHyperparamsState", "inject_hyperparams", "replace_hparams", "named_hparams"]
 
@@ -182,6 +182,11 @@ def inject_hyperparams(inner: Union[GradientTransformation, Callable[..., Gradie
         return InjectHyperparamsState(count, values, inner.init(params))
 
     def update(grads, state, params=None, hparams=None):
+        check_state_type(state, InjectHyperparamsState, "inject_hyperparams")
+        check_counters("inject_hyperparams", state, ("count",))
+        if not isinstance(state.hyperparams, dict) or set(state.hyperparams) != set(hyperparams):
+            got = sorted(state.hyperparams) if isinstance(state.hyperparams, dict) else type(state.hyperparams).__name__
+            raise ValueError(f"inject_hyperparams: state.hyperparams holds {got}, expected {sorted(hyperparams)}")
         values = {name: value_at(spec, state.count, state.hyperparams[name]) for name, spec in hyperparams.items()}
         tree = replace_hparams(inner.hparams if hparams is None else hparams, values)
         updates, inner_state = inner.update(grads, state.inner_state, params, tree)

@@ -75,6 +75,7 @@ NADAM = OptimizerDefinition(
     init_slots=_init_slots,
     kernel=nadam_kernel,
     check_grad=_check_grad,
+    scalar_slots=("mu_product",),
 )
 
 

@@ -21,7 +21,7 @@ from torch import Tensor
 from . import _validate
 from .base import GradientTransformation
 from .combine import map_updates, masked, select_tree
-from .tree import flatten, unflatten
+from .tree import check_counters, check_state_like, check_state_type, flatten, unflatten
 
 Number = Union[float, Tensor]
 
@@ -55,22 +55,16 @@ class EmptyState(NamedTuple):
     """State of a transformation that keeps none."""
 
 
-def _hparams(name: str, defaults: Any, hparams: Any) -> Any:
-    if hparams is None:
-        return defaults
-    if not isinstance(hparams, type(defaults)):
-        raise TypeError(f"{name}.update expects hparams of type {type(defaults).__name__}, got {type(hparams).__name__}")
-    return hparams
-
-
 def _stateless(name: str, defaults: Any, fn) -> GradientTransformation:
     """A transformation without state: ``updates -> fn(updates, params, hparams)``."""
+    defaults = _validate.scalar_hparams(defaults, name)
 
     def init(params):
         return EmptyState()
 
     def update(updates, state, params=None, hparams=None):
-        return fn(updates, params, _hparams(name, defaults, hparams)), state
+        check_state_type(state, EmptyState, name)
+        return fn(updates, params, _validate.check_hparams_record(name, defaults, hparams)), state
 
     return GradientTransformation(init, update, defaults)
 
@@ -240,13 +234,15 @@ def trace(decay: Number, nesterov: bool = False) -> GradientTransformation:
     Polyak (1964); Nesterov (1983), in the form of Sutskever et al. (2013). The trace starts at
     zero, so its first value is ``u``: torch's SGD momentum buffer with ``dampening=0``.
     """
-    defaults = TraceHParams(decay)
+    defaults = _validate.scalar_hparams(TraceHParams(decay), "trace")
 
     def init(params):
         return TraceState(map_updates(torch.zeros_like, params))
 
     def update(updates, state, params=None, hparams=None):
-        hp = _hparams("trace", defaults, hparams)
+        hp = _validate.check_hparams_record("trace", defaults, hparams)
+        check_state_type(state, TraceState, "trace")
+        check_state_like(updates, state.trace, "trace: state.trace")
         new_trace = _map_state(lambda u, t: t * _like(hp.decay, t) + u, updates, state.trace)
         if nesterov:
             out = map_updates(lambda u, t: u + _like(hp.decay, t) * t, updates, new_trace)
@@ -272,6 +268,8 @@ def zero_nans() -> GradientTransformation:
         return ZeroNansState(map_updates(lambda p: torch.zeros((), dtype=torch.bool, device=p.device), params))
 
     def update(updates, state, params=None, hparams=None):
+        check_state_type(state, ZeroNansState, "zero_nans")
+        check_state_like(updates, state.found_nan, "zero_nans: state.found_nan", scalar=True)
         found = _map_state(lambda u, f: torch.isnan(u).any(), updates, state.found_nan)
         out = map_updates(lambda u: torch.where(torch.isnan(u), torch.zeros_like(u), u), updates)
         return out, ZeroNansState(found)
@@ -323,6 +321,8 @@ def apply_if_finite(inner: GradientTransformation, max_consecutive_errors: Optio
                                   inner.init(params))
 
     def update(updates, state, params=None, hparams=None):
+        check_state_type(state, ApplyIfFiniteState, "apply_if_finite")
+        check_counters("apply_if_finite", state, ("notfinite_count", "last_finite", "total_notfinite"))
         device = state.notfinite_count.device
         finite = all_finite(updates).to(device)
         count = torch.where(finite, torch.zeros_like(state.notfinite_count), state.notfinite_count + 1)

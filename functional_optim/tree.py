@@ -25,6 +25,10 @@ __all__ = [
     "leaf_paths",
     "check_same_structure",
     "check_leaves_match",
+    "lazy_paths",
+    "check_state_like",
+    "check_state_type",
+    "check_counters",
     "format_path",
 ]
 
@@ -91,29 +95,83 @@ def check_same_structure(reference: Any, other: Any, reference_name: str, other_
     )
 
 
+def lazy_paths(tree: Any) -> Callable[[], list[str]]:
+    """``leaf_paths(tree)``, computed only when an error message needs it (and at most once)."""
+    cache: list = []
+
+    def paths() -> list[str]:
+        if not cache:
+            cache.append(leaf_paths(tree))
+        return cache[0]
+
+    return paths
+
+
 def check_leaves_match(
     params: Sequence[torch.Tensor],
     others: Sequence[torch.Tensor | None],
-    paths: Sequence[str],
+    paths: Sequence[str] | Callable[[], Sequence[str]],
     other_name: str,
     *,
     expected_shape: Callable[[torch.Tensor], torch.Size] | None = None,
 ) -> None:
     """Check that each non-``None`` leaf of ``others`` has its parameter's shape, dtype and device.
 
-    Raises ``ValueError`` naming the path of the first offending leaf.
+    Raises ``ValueError`` naming the path of the first offending leaf (``paths`` may be a
+    function returning them, called only then).
     """
-    for path, p, o in zip(paths, params, others):
+    for i, (p, o) in enumerate(zip(params, others)):
         if o is None:
             continue
+        path = (lambda: (paths() if callable(paths) else paths)[i])  # noqa: E731
         if not isinstance(o, torch.Tensor):
-            raise TypeError(f"{other_name} at {path} must be a Tensor or None, got {type(o).__name__}")
+            raise TypeError(f"{other_name} at {path()} must be a Tensor or None, got {type(o).__name__}")
         if o.is_sparse:
             continue  # sparse gradients are checked by the optimizers that accept them
         shape = p.shape if expected_shape is None else expected_shape(p)
         if o.shape != shape:
-            raise ValueError(f"{other_name} at {path} has shape {tuple(o.shape)}, expected {tuple(shape)}")
+            raise ValueError(f"{other_name} at {path()} has shape {tuple(o.shape)}, expected {tuple(shape)}")
         if o.dtype != p.dtype:
-            raise ValueError(f"{other_name} at {path} has dtype {o.dtype}, expected {p.dtype}")
+            raise ValueError(f"{other_name} at {path()} has dtype {o.dtype}, expected {p.dtype}")
         if o.device != p.device:
-            raise ValueError(f"{other_name} at {path} is on {o.device}, expected {p.device}")
+            raise ValueError(f"{other_name} at {path()} is on {o.device}, expected {p.device}")
+
+
+def check_state_like(reference: Any, state_field: Any, what: str, *, scalar: bool = False) -> None:
+    """Check a per-leaf state field against ``reference`` (the updates or params it belongs to).
+
+    ``state_field`` must have ``reference``'s structure, and wherever both hold tensors the state
+    leaf must have the reference leaf's shape (``()`` with ``scalar``, for per-leaf flags and
+    counters), dtype (any, with ``scalar``) and device. Raises ``ValueError`` naming ``what`` and
+    the path before anything is computed; only shapes, dtypes and devices are compared.
+    """
+    check_same_structure(reference, state_field, "the updates", what)
+    refs, values = flatten(reference)[0], flatten(state_field)[0]
+    paths = lazy_paths(reference)
+    for i, (r, v) in enumerate(zip(refs, values)):
+        if not isinstance(r, torch.Tensor) or v is None:
+            continue
+        if not isinstance(v, torch.Tensor):
+            raise ValueError(f"{what} at {paths()[i]} must be a Tensor, got {type(v).__name__}")
+        shape = () if scalar else r.shape
+        if v.shape != shape:
+            raise ValueError(f"{what} at {paths()[i]} has shape {tuple(v.shape)}, expected {tuple(shape)}")
+        if not scalar and v.dtype != r.dtype:
+            raise ValueError(f"{what} at {paths()[i]} has dtype {v.dtype}, expected {r.dtype}")
+        if v.device != r.device:
+            raise ValueError(f"{what} at {paths()[i]} is on {v.device}, expected {r.device}")
+
+
+def check_state_type(state: Any, state_type: type, name: str) -> None:
+    """``TypeError`` unless ``state`` is a ``state_type`` (the NamedTuple ``init`` returns)."""
+    if not isinstance(state, state_type):
+        raise TypeError(f"{name}.update expects a {state_type.__name__} state, got {type(state).__name__}")
+
+
+def check_counters(name: str, state: Any, fields: Sequence[str]) -> None:
+    """The named fields of ``state`` are 0-d tensors (step counters and flags)."""
+    for field in fields:
+        value = getattr(state, field)
+        if not isinstance(value, torch.Tensor) or value.dim() != 0:
+            got = f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(f"{name}: state.{field} must be a 0-d tensor, got {got}")

@@ -23,6 +23,7 @@ the in-place paths (as torch's ``capturable``/``differentiable`` code does).
 
 from __future__ import annotations
 
+import sys
 from typing import Sequence, Union
 
 import torch
@@ -35,6 +36,18 @@ ScalarArg = Union[Scalar, Sequence[Scalar]]
 def nonzero(x: Scalar) -> bool:
     """``x != 0`` for a number; a tensor hyperparameter is always applied (no host sync)."""
     return isinstance(x, Tensor) or x != 0
+
+
+def _full_value(t: Tensor) -> Tensor:
+    """``t`` itself, or for a DTensor its full (replicated) value: partial placements reduced,
+    shards gathered. ``torch.distributed.tensor`` is not imported here: a DTensor exists only
+    once that module is loaded, so plain tensors (and builds without torch.distributed) pay
+    one dict lookup."""
+    if type(t) is not Tensor:
+        dtensor = getattr(sys.modules.get("torch.distributed.tensor"), "DTensor", None)
+        if dtensor is not None and isinstance(t, dtensor):
+            return t.full_tensor()
+    return t
 
 
 def _nth(scalar: ScalarArg, i: int) -> Scalar:
@@ -54,9 +67,14 @@ class Ops:
 
     def scalar_values(self, scalars: Sequence[Tensor]) -> list[Scalar]:
         """0-d tensors (step counts, norms ...) read as Python floats (``.item()``, when
-        ``host_scalars``) or kept as 0-d tensors in ``step_dtype`` (traceable, no host sync)."""
+        ``host_scalars``) or kept as 0-d tensors in ``step_dtype`` (traceable, no host sync).
+
+        A sharded DTensor scalar (``p.norm(2)`` of an FSDP2 parameter is a per-shard partial
+        norm) is reduced to its full value before it is read; ``.item()`` alone would read this
+        rank's shard. Kept as tensors, DTensor scalars stay DTensors and reduce when used.
+        """
         if self.host_scalars:
-            return [s.item() for s in scalars]
+            return [_full_value(s).item() for s in scalars]
         if self.step_dtype is None:
             return list(scalars)
         return [s.to(self.step_dtype) for s in scalars]
@@ -90,6 +108,40 @@ class Ops:
                 grads = self.add(grads, params, alpha=weight_decay)
         return params, grads
 
+    # Where torch's implementations order the same math differently ---------------------
+    # The defaults are torch's foreach order (and the pure path's); the in-place classes override
+    # them where torch's for-loop (or its capturable foreach code) computes otherwise, so that each
+    # compat implementation rounds exactly as torch's implementation of the same name.
+
+    def sqrt_div(self, xs, divisors: ScalarArg):
+        """``sqrt(x / d)`` as new tensors, computed as ``sqrt(x) / sqrt(d)`` (torch's foreach order).
+
+        ``d`` is a scalar or one scalar per tensor; ``sqrt(d)`` is taken once per scalar.
+        :class:`LoopOps` computes ``(x / d).sqrt()`` instead, as torch's single-tensor NAdam does.
+        """
+        roots = self.realize([_nth(divisors, i) ** 0.5 for i in range(len(xs))])
+        return self.div_(self.sqrt(xs), roots)
+
+    def next_step_times(self, steps: Sequence[Scalar], factor: Scalar) -> list:
+        """``(t + 1) * factor`` for each step value ``t`` (a number or a 0-d tensor), as torch's
+        for-loop code and its host scalar math write it. :class:`ForeachOps` computes
+        ``t * factor + factor`` for tensor steps, as torch's capturable foreach code does."""
+        return [(t + 1) * factor for t in steps]
+
+    def add_scaled_quotients_(self, xs, terms: Sequence[tuple], denoms):
+        """``x + sum_k v_k * t_k / d`` for ``terms = [(t_k, v_k), ...]`` (tensor lists ``t_k``, step
+        sizes ``v_k``: a scalar or one per tensor) over the common denominators ``denoms``.
+
+        This is the update of torch's paths that keep step sizes as tensors (``capturable``,
+        ``differentiable``), which scale the numerators before dividing: the for-loop runs
+        ``x.addcdiv_(t_k * v_k, d)`` per term (:class:`LoopOps`), the foreach code one
+        ``addcdiv_`` of ``sum_k v_k t_k`` (:class:`ForeachOps`). The default is one ``addcdiv_``
+        per term with ``value=v_k``.
+        """
+        for ts, values in terms:
+            xs = self.addcdiv_(xs, ts, denoms, values)
+        return xs
+
     # Always out of place --------------------------------------------------------------
     def neg(self, xs):
         return [torch.neg(x) for x in xs]
@@ -116,6 +168,25 @@ def _add(x: Tensor, other, alpha: Scalar) -> Tensor:
     if isinstance(alpha, Tensor):
         return x + other * _as_dtype_of(alpha, x)
     return torch.add(x, other, alpha=alpha)
+
+
+def lerp(x: Tensor, end: Tensor, weight: Scalar) -> Tensor:
+    """``x + weight (end - x)`` out of place, rounded exactly as torch's for-loop ``x.lerp_(end, w)``.
+
+    torch's kernel picks its formula by the weight (``end - (end - x)(1 - w)`` for ``|w| >= 0.5``,
+    so that ``w = 1`` gives ``end`` exactly), fuses the multiply-add, and computes float16/bfloat16
+    in float32 with one final rounding; ``x + w * (e - x)`` written out differs from it (up to
+    the whole value when ``w = 1``). So a tensor weight (the pure path's float64 step-derived
+    scalars) goes to ``torch.lerp`` too, cast to the dtype torch would compute a Python weight
+    in: the tensor's own, float32 for float16/bfloat16 (then the result is rounded back once).
+    ``torch.lerp`` is differentiable in the weight, vmappable and traceable.
+    """
+    if not isinstance(weight, Tensor):
+        return torch.lerp(x, end, weight)
+    dtype = torch.promote_types(x.dtype, end.dtype)
+    opmath = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    out = torch.lerp(x.to(opmath), end.to(opmath), weight.to(opmath))
+    return out.to(dtype)
 
 
 def _as_dtype_of(scalar: Scalar, like: Tensor) -> Scalar:
@@ -162,11 +233,7 @@ class PureOps(Ops):
         return [x / o for x, o in zip(xs, others)]
 
     def lerp_(self, xs, ends, weight: ScalarArg):
-        out = []
-        for i, (x, e) in enumerate(zip(xs, ends)):
-            w = _as_dtype_of(_nth(weight, i), x)
-            out.append(torch.lerp(x, e, w) if isinstance(w, (float, int)) else x + w * (e - x))
-        return out
+        return [lerp(x, e, _nth(weight, i)) for i, (x, e) in enumerate(zip(xs, ends))]
 
     def addcmul_(self, xs, t1s, t2s, value: ScalarArg = 1):
         out = []
@@ -294,6 +361,17 @@ class LoopOps(Ops):
             x.sqrt_()
         return xs
 
+    def sqrt_div(self, xs, divisors: ScalarArg):
+        """``(x / d).sqrt()``: torch's single-tensor NAdam order (see :meth:`Ops.sqrt_div`)."""
+        return self.sqrt([torch.div(x, _nth(divisors, i)) for i, x in enumerate(xs)])
+
+    def add_scaled_quotients_(self, xs, terms: Sequence[tuple], denoms):
+        """``x.addcdiv_(t_k * v_k, d)`` per term, as torch's for-loop does with tensor step sizes."""
+        for ts, values in terms:
+            for i, (x, t, d) in enumerate(zip(xs, ts, denoms)):
+                x.addcdiv_(t * _nth(values, i), d)
+        return xs
+
 
 def _is_tensor_list(scalar) -> bool:
     return isinstance(scalar, (list, tuple)) and bool(scalar) and isinstance(scalar[0], Tensor)
@@ -399,6 +477,25 @@ class ForeachOps(Ops):
 
     def sqrt_(self, xs):
         torch._foreach_sqrt_(xs)
+        return xs
+
+    def next_step_times(self, steps: Sequence[Scalar], factor: Scalar) -> list:
+        """``t * factor + factor`` for tensor steps (torch's capturable foreach code), else the default."""
+        if steps and isinstance(steps[0], Tensor):
+            return [t * factor + factor for t in steps]
+        return super().next_step_times(steps, factor)
+
+    def add_scaled_quotients_(self, xs, terms: Sequence[tuple], denoms):
+        """One ``_foreach_addcdiv_`` of ``sum_k v_k t_k`` for tensor step sizes, as torch's capturable
+        foreach code builds its numerator (``_foreach_mul``, then ``_foreach_addcmul_``)."""
+        if not all(_is_tensor_list(v) or isinstance(v, Tensor) for _, v in terms):
+            return super().add_scaled_quotients_(xs, terms, denoms)
+        as_list = lambda v: list(v) if isinstance(v, (list, tuple)) else [v] * len(xs)  # noqa: E731
+        (first, first_values), *rest = terms
+        numerators = torch._foreach_mul(as_list(first_values), first)
+        for ts, values in rest:
+            torch._foreach_addcmul_(numerators, as_list(values), ts)
+        torch._foreach_addcdiv_(xs, numerators, denoms)
         return xs
 
 

@@ -1,0 +1,441 @@
+"""Sharded (DTensor / FSDP2) parameters on two CPU ranks give the unsharded numbers.
+
+One launch of two gloo ranks on 127.0.0.1 (``python tests/test_distributed.py`` run twice as
+``torch.distributed.run`` would: ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT`` in the
+environment) runs every case below and writes one JSON result per rank; the parent (pytest) waits
+with a deadline, kills the ranks if they overrun, and turns each case into its own test.
+
+Each case shards float64 parameters as DTensors on a 1-D mesh of the two ranks (``Shard(0)``, the
+FSDP2 layout: uneven row counts, a 1-D vector, a 3-D tensor, and one ``Shard(1)`` matrix), runs an
+optimizer for several steps on deterministic gradients (one step leaves a parameter without a
+gradient), gathers parameters and state with ``full_tensor()`` and compares them with the
+unsharded run of the same optimizer:
+
+* ``compat/<Class>/<impl>``: every compat class, for-loop and foreach (and fused where torch has
+  it), against ``torch.optim``'s unsharded run (parameters and every state tensor);
+* ``functional/<name>``: ``fo.<name>`` against its own unsharded run (parameters and state) and
+  against ``torch.optim``'s unsharded run;
+* ``fsdp2/<Class>``: a small model wrapped with ``fully_shard``, forward/backward/step, against the
+  unsharded model stepped by ``torch.optim``.
+
+Adafactor is the case that matters: its step reads the parameter and update norms, which on a
+sharded tensor are partial (per-shard) until reduced.
+
+Run ``python tests/test_distributed.py`` to print every case's maximum error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from datetime import timedelta
+
+import pytest
+import torch
+
+WORLD_SIZE = 2
+#: the whole launch (two interpreters importing torch, then every case) must end within this
+LAUNCH_TIMEOUT_S = 240
+#: a collective that waits longer than this raises instead of hanging
+COLLECTIVE_TIMEOUT_S = 60
+STEPS = 5
+DTYPE = torch.float64
+ATOL = RTOL = 1e-10
+
+# name -> (shape, shard dim): rows split 3/3 and 3/2, a vector 4/3, a 3-D tensor 2/1, columns 3/3
+PARAMS = {
+    "w": ((6, 5), 0),
+    "v": ((5, 3), 0),
+    "b": ((7,), 0),
+    "t": ((3, 4, 2), 0),
+    "c": ((4, 6), 1),
+}
+#: at this step "b" gets no gradient (torch's ``p.grad is None``: no update, its state untouched)
+NO_GRAD = (2, "b")
+
+KWARGS = {
+    "Adam": dict(lr=1e-2, weight_decay=0.1, amsgrad=True),
+    "AdamW": dict(lr=1e-2, weight_decay=0.1),
+    "Adadelta": dict(lr=0.5, weight_decay=0.1),
+    "Adagrad": dict(lr=0.1, lr_decay=0.01, weight_decay=0.1, initial_accumulator_value=0.1),
+    "NAdam": dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True),
+    # with these gradients the update's RMS exceeds d = 1 on most steps (clipped) but not all
+    "Adafactor": dict(lr=1e-2, weight_decay=0.1),
+}
+
+IMPLS = {
+    "Adam": ("forloop", "foreach", "fused"),
+    "AdamW": ("forloop", "foreach", "fused"),
+    "Adadelta": ("forloop", "foreach"),
+    "Adagrad": ("forloop", "foreach", "fused"),
+    "NAdam": ("forloop", "foreach"),
+    "Adafactor": ("forloop", "foreach"),
+}
+
+CASES = (
+    [f"compat/{cls}/{impl}" for cls, impls in IMPLS.items() for impl in impls]
+    + [f"functional/{cls.lower()}" for cls in KWARGS]
+    + ["fsdp2/Adam", "fsdp2/Adafactor"]
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# the parent: launch two ranks, collect their results
+# ---------------------------------------------------------------------------------------------
+def _gloo_available() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_gloo_available()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _loopback_interface() -> str | None:
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+    except (OSError, AttributeError):
+        return None
+    return next((n for n in names if n in ("lo", "lo0")), None)
+
+
+def _launch_once(out_dir: str) -> tuple[list, str]:
+    port = _free_port()
+    env = dict(os.environ)
+    env.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE=str(WORLD_SIZE),
+        OMP_NUM_THREADS="1",
+        TORCH_DISTRIBUTED_TEST_OUT=out_dir,
+    )
+    lo = _loopback_interface()
+    if lo is not None:
+        env["GLOO_SOCKET_IFNAME"] = lo  # gloo's own connections on the loopback device only
+    procs = []
+    logs = []
+    for rank in range(WORLD_SIZE):
+        stale = os.path.join(out_dir, f"rank{rank}.json")
+        if os.path.exists(stale):  # from an earlier try
+            os.remove(stale)
+        log = open(os.path.join(out_dir, f"rank{rank}.log"), "w+")
+        logs.append(log)
+        procs.append(subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__)],
+            env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+            stdout=log, stderr=subprocess.STDOUT, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        ))
+    deadline = time.monotonic() + LAUNCH_TIMEOUT_S
+    timed_out = False
+    for p in procs:
+        try:
+            p.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            break
+    if timed_out:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        for p in procs:
+            p.wait()
+    output = ""
+    for rank, log in enumerate(logs):
+        log.seek(0)
+        output += f"--- rank {rank} (exit {procs[rank].returncode}) ---\n{log.read()[-6000:]}\n"
+        log.close()
+    if timed_out:
+        output = f"ranks killed after {LAUNCH_TIMEOUT_S} s\n" + output
+    results = []
+    for rank in range(WORLD_SIZE):
+        path = os.path.join(out_dir, f"rank{rank}.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                results.append(json.load(f))
+    return results, output
+
+
+def launch(out_dir: str) -> tuple[dict, str]:
+    """Run every case on two ranks; ``({case: {"ok", "max_err", "error"}}, log)``."""
+    for _ in range(3):  # a port taken between choosing and binding it: try another
+        results, output = _launch_once(out_dir)
+        if len(results) == WORLD_SIZE or "Address already in use" not in output:
+            break
+    merged: dict = {}
+    for per_rank in results:
+        for case, r in per_rank.items():
+            m = merged.setdefault(case, {"ok": True, "max_err": 0.0, "error": ""})
+            m["ok"] = m["ok"] and r["ok"]
+            m["max_err"] = max(m["max_err"], r["max_err"])
+            if r["error"] and not m["error"]:
+                m["error"] = r["error"]
+    if len(results) < WORLD_SIZE:
+        merged = {}
+    return merged, output
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory):
+    if not _gloo_available():
+        pytest.skip("torch.distributed with the gloo backend is not available")
+    merged, output = launch(str(tmp_path_factory.mktemp("distributed")))
+    if not merged:
+        pytest.fail(f"the two ranks reported no results:\n{output}")
+    return merged, output
+
+
+@pytest.mark.skipif(not _gloo_available(), reason="torch.distributed with the gloo backend is not available")
+@pytest.mark.parametrize("case", CASES)
+def test_sharded_matches_unsharded(launched, case):
+    results, output = launched
+    r = results.get(case)
+    assert r is not None, f"{case}: no result (the ranks stopped before it):\n{output}"
+    assert r["ok"], f"{case}: max error {r['max_err']:.3g}\n{r['error']}"
+
+
+# ---------------------------------------------------------------------------------------------
+# the ranks
+# ---------------------------------------------------------------------------------------------
+def _full_param(name: str) -> torch.Tensor:
+    shape, _ = PARAMS[name]
+    g = torch.Generator().manual_seed(1000 + sorted(PARAMS).index(name))
+    return torch.randn(shape, generator=g, dtype=DTYPE)
+
+
+def _full_grads(step: int) -> dict:
+    """Deterministic gradients, growing with the step (so Adafactor's RMS clipping engages)."""
+    grads = {}
+    for i, name in enumerate(sorted(PARAMS)):
+        if (step, name) == NO_GRAD:
+            grads[name] = None
+            continue
+        shape, _ = PARAMS[name]
+        g = torch.Generator().manual_seed(10_000 * (step + 1) + i)
+        grads[name] = torch.randn(shape, generator=g, dtype=DTYPE) * (1 + step) + 0.1 * step
+    return grads
+
+
+def _shard(mesh, name: str, t: torch.Tensor):
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    return distribute_tensor(t, mesh, [Shard(PARAMS[name][1])])
+
+
+def _full(t):
+    from torch.distributed.tensor import DTensor
+
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+class _Compare:
+    """Collect max errors of gathered sharded results against unsharded ones."""
+
+    def __init__(self):
+        self.max_err = 0.0
+        self.errors: list = []
+
+    def __call__(self, label: str, actual, expected) -> None:
+        if isinstance(actual, torch.Tensor) and type(actual) is not torch.Tensor:
+            actual = _full(actual)
+        if expected is None or actual is None:
+            if (expected is None) != (actual is None):
+                self.errors.append(f"{label}: {actual!r} vs {expected!r}")
+            return
+        actual = torch.as_tensor(actual).double()
+        expected = torch.as_tensor(expected).double()
+        if actual.shape != expected.shape:
+            self.errors.append(f"{label}: shape {tuple(actual.shape)} vs {tuple(expected.shape)}")
+            return
+        err = (actual - expected).abs()
+        self.max_err = max(self.max_err, err.max().item() if err.numel() else 0.0)
+        bad = err > ATOL + RTOL * expected.abs()
+        if bad.any():
+            self.errors.append(f"{label}: max error {err.max().item():.3g}")
+
+
+def _impl_kwargs(impl: str) -> dict:
+    return {"forloop": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}[impl]
+
+
+def _run_optim(cls, kwargs: dict, mesh=None):
+    """``cls`` (compat or torch.optim) over PARAMS, sharded if ``mesh``; ``(params, state)``."""
+    params = {}
+    for name in sorted(PARAMS):
+        t = _full_param(name)
+        params[name] = torch.nn.Parameter(_shard(mesh, name, t) if mesh is not None else t)
+    opt = cls(list(params.values()), **kwargs)
+    for step in range(STEPS):
+        for name, g in _full_grads(step).items():
+            if g is not None and mesh is not None:
+                g = _shard(mesh, name, g)
+            params[name].grad = g
+        opt.step()
+    return params, {name: opt.state[p] for name, p in params.items()}
+
+
+def _case_compat(cls_name: str, impl: str, mesh, check) -> None:
+    import compat
+
+    kwargs = dict(KWARGS[cls_name], **_impl_kwargs(impl))
+    if impl == "fused":
+        # torch's fused kernels need a DTensor sharding strategy (Adagrad's has none in torch
+        # 2.13): where torch.optim cannot step sharded params, compat must fail the same way
+        try:
+            _run_optim(getattr(torch.optim, cls_name), kwargs, mesh)
+        except Exception as e:  # noqa: BLE001
+            try:
+                _run_optim(getattr(compat, cls_name), kwargs, mesh)
+            except Exception as f:  # noqa: BLE001
+                assert (type(f), str(f)) == (type(e), str(e)), f"torch.optim: {e!r}\ncompat: {f!r}"
+                return
+            raise AssertionError(f"torch.optim raised {e!r} on DTensors, compat did not")
+    params, state = _run_optim(getattr(compat, cls_name), kwargs, mesh)
+    ref_params, ref_state = _run_optim(getattr(torch.optim, cls_name), kwargs)
+    for name in sorted(PARAMS):
+        check(f"param {name}", params[name].detach(), ref_params[name].detach())
+        assert set(state[name]) == set(ref_state[name]), (name, set(state[name]), set(ref_state[name]))
+        for key, ref in ref_state[name].items():
+            check(f"state {name}.{key}", state[name][key], ref)
+
+
+def _case_functional(fn_name: str, mesh, check) -> None:
+    import functional_optim as fo
+    from functional_optim.tree import is_empty
+
+    torch_name = {"adam": "Adam", "adamw": "AdamW", "adadelta": "Adadelta", "adagrad": "Adagrad",
+                  "nadam": "NAdam", "adafactor": "Adafactor"}[fn_name]
+    kwargs = KWARGS[torch_name]
+    opt = getattr(fo, fn_name)(**kwargs)
+
+    def run(sharded: bool):
+        params = {n: _shard(mesh, n, _full_param(n)) if sharded else _full_param(n) for n in sorted(PARAMS)}
+        state = opt.init(params)
+        for step in range(STEPS):
+            grads = {n: None if g is None else (_shard(mesh, n, g) if sharded else g)
+                     for n, g in _full_grads(step).items()}
+            updates, state = opt.update(grads, state, params)
+            params = fo.apply_updates(params, updates)
+        return params, state
+
+    params, state = run(True)
+    ref_params, ref_state = run(False)
+    torch_params, torch_state = _run_optim(getattr(torch.optim, torch_name), kwargs)
+    for name in sorted(PARAMS):
+        check(f"param {name} vs functional", params[name], ref_params[name])
+        check(f"param {name} vs torch.optim", params[name], torch_params[name].detach())
+        for field in state._fields:
+            leaf, ref_leaf = getattr(state, field), getattr(ref_state, field)
+            if is_empty(leaf) or is_empty(ref_leaf):
+                assert is_empty(leaf) == is_empty(ref_leaf), field
+                continue
+            if is_empty(leaf[name]):
+                assert is_empty(ref_leaf[name]) and field not in torch_state[name], (field, name)
+                continue
+            check(f"state {name}.{field} vs functional", leaf[name], ref_leaf[name])
+            check(f"state {name}.{field} vs torch.optim", leaf[name], torch_state[name][field])
+
+
+def _model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Linear(5, 6, dtype=DTYPE), torch.nn.Tanh(), torch.nn.Linear(6, 3, dtype=DTYPE)
+    )
+
+
+def _case_fsdp2(cls_name: str, mesh, check) -> None:
+    """fully_shard a model (params Shard(0), grads reduce-scattered): same input on both ranks,
+    so the averaged gradient is the unsharded one."""
+    from torch.distributed.fsdp import fully_shard
+
+    import compat
+
+    kwargs = KWARGS[cls_name]
+    sharded, ref = _model(), _model()
+    fully_shard(sharded[0], mesh=mesh)
+    fully_shard(sharded[2], mesh=mesh)
+    fully_shard(sharded, mesh=mesh)
+    opt = getattr(compat, cls_name)(sharded.parameters(), **kwargs)
+    ref_opt = getattr(torch.optim, cls_name)(ref.parameters(), **kwargs)
+    for step in range(STEPS):
+        g = torch.Generator().manual_seed(step)
+        x = torch.randn(8, 5, generator=g, dtype=DTYPE)
+        y = torch.randn(8, 3, generator=g, dtype=DTYPE)
+        for model, o in ((sharded, opt), (ref, ref_opt)):
+            o.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            o.step()
+    for (name, p), ref_p in zip(sharded.named_parameters(), ref.parameters()):
+        check(f"param {name}", p.detach(), ref_p.detach())
+        for key, value in ref_opt.state[ref_p].items():
+            check(f"state {name}.{key}", opt.state[p][key], value)
+
+
+def _run_case(case: str, mesh, check) -> None:
+    kind, name, *rest = case.split("/")
+    if kind == "compat":
+        _case_compat(name, rest[0], mesh, check)
+    elif kind == "functional":
+        _case_functional(name, mesh, check)
+    else:
+        _case_fsdp2(name, mesh, check)
+
+
+def _worker() -> None:
+    import traceback
+
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    dist.init_process_group(
+        "gloo", rank=rank, world_size=world,
+        init_method=f"tcp://{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}",
+        timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S),
+    )
+    torch.set_num_threads(1)
+    mesh = init_device_mesh("cpu", (world,))
+    out = {}
+    start = time.monotonic()
+    try:
+        for case in CASES:
+            check = _Compare()
+            case_start = time.monotonic()
+            try:
+                _run_case(case, mesh, check)
+                error = "\n".join(check.errors)
+            except Exception:  # reported to the parent; the other rank fails the same way (SPMD)
+                error = traceback.format_exc(limit=-6)
+            out[case] = {"ok": not error, "max_err": check.max_err, "error": error}
+            print(f"rank {rank} {case}: max error {check.max_err:.3g} in {time.monotonic() - case_start:.2f} s"
+                  f"{'  FAIL' if error else ''}", flush=True)
+    finally:
+        print(f"rank {rank}: {len(out)} cases in {time.monotonic() - start:.1f} s", flush=True)
+        with open(os.path.join(os.environ["TORCH_DISTRIBUTED_TEST_OUT"], f"rank{rank}.json"), "w") as f:
+            json.dump(out, f)
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    if "RANK" in os.environ:
+        _worker()
+    else:  # print every case's maximum error
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as d:
+            merged, log = launch(d)
+        if not merged:
+            print(log)
+            sys.exit(1)
+        for case in CASES:
+            r = merged.get(case, {"ok": False, "max_err": float("nan"), "error": "no result"})
+            print(f"{case:34s} max error {r['max_err']:.3g}  {'ok' if r['ok'] else 'FAIL'}")
+            if not r["ok"]:
+                print("    " + r["error"].strip().replace("\n", "\n    "))
+        sys.exit(0 if all(merged.get(c, {}).get("ok") for c in CASES) else 1)
