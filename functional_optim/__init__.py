@@ -65,6 +65,10 @@ from .transforms import (
     zero_nans,
 )
 from .tree import EMPTY, Empty
+from ._autograd import AutogradChainWarning
+from ._serialization import register_safe_globals as _register_safe_globals
+
+_register_safe_globals()  # every state type loads with torch.load(weights_only=True)
 
 __all__ = [
     "GradientTransformation",
@@ -144,5 +148,6 @@ __all__ = [
     "FlatLayout",
     "step_",
     "Empty",
+    "AutogradChainWarning",
 ]
 __version__ = "0.1.0"

@@ -203,6 +203,7 @@ def add_decayed_weights(weight_decay: Number = 0.0, mask: Any = None) -> Gradien
     params, see :func:`~functional_optim.masked`) limits it to some leaves; the others pass
     through.
     """
+    weight_decay = _validate.scalar_hparam(weight_decay, "add_decayed_weights hparams.weight_decay")
     _validate.check_weight_decay(weight_decay)
 
     def fn(updates, params, hp):
