@@ -13,12 +13,17 @@ from torch.optim.optimizer import (
 
 from functional_optim._definition import run_kernel
 from functional_optim._kernels.adagrad import adagrad_fused_
-from functional_optim._kernels.ops import ForeachOps, LoopOps
+from functional_optim._kernels.ops import ForeachOps
 from functional_optim.adagrad import ADAGRAD, AdagradHParams, validate
 
 from .optimizer import FunctionalOptimizer, _by_device_and_dtype
 
 __all__ = ["Adagrad"]
+
+#: torch >= 2.12 runs Adagrad(fused=True) on CUDA too and lets GradScaler hand the fused step its
+#: grad_scale/found_inf (``_step_supports_amp_scaling``); torch 2.11 refuses CUDA there and lets
+#: GradScaler unscale the grads. As a drop-in, compat.Adagrad does what the installed torch does.
+_FUSED_ON_CUDA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 12)
 
 
 class Adagrad(FunctionalOptimizer):
@@ -67,7 +72,8 @@ class Adagrad(FunctionalOptimizer):
             if foreach:
                 raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
             self._need_device_dtype_check_for_fused = True
-            self._step_supports_amp_scaling = True
+            if _FUSED_ON_CUDA:
+                self._step_supports_amp_scaling = True
         # torch creates every parameter's state here (no fused device/dtype check yet)
         for group in self.param_groups:
             for p in group["params"]:
@@ -110,7 +116,7 @@ class Adagrad(FunctionalOptimizer):
     def _init_param_state(self, p: Tensor, group: dict) -> dict:
         """State of a parameter added (``add_param_group``) after construction, made on its first step."""
         if group["fused"]:
-            _device_dtype_check_for_fused(p)
+            _device_dtype_check_for_fused(p, cuda_unsupported=not _FUSED_ON_CUDA)
         return self._new_state(p, group)
 
     # ------------------------------------------------------------------ per-step checks
@@ -121,7 +127,7 @@ class Adagrad(FunctionalOptimizer):
         if group["fused"]:
             # torch checks the first parameter with a gradient once per optimizer
             if getattr(self, "_need_device_dtype_check_for_fused", True):
-                _device_dtype_check_for_fused(p)
+                _device_dtype_check_for_fused(p, cuda_unsupported=not _FUSED_ON_CUDA)
                 self._need_device_dtype_check_for_fused = False
         elif p.grad.is_sparse:
             self.definition.check_grad(p.grad, self._hparams(group), self._static(group))
@@ -159,6 +165,8 @@ class Adagrad(FunctionalOptimizer):
             raise AssertionError("_foreach ops don't support autograd")
         hparams, static, host_scalars = self._hparams(group), self._static(group), self._host_scalars(group)
         for g_params, g_grads, g_state in _by_device_and_dtype(params, grads, state):
-            sparse = any(g.is_sparse for g in g_grads)
-            ops = LoopOps(host_scalars=host_scalars) if sparse else ForeachOps(host_scalars=host_scalars)
-            run_kernel(self.definition, ops, g_params, g_grads, g_state, hparams, static)
+            if any(g.is_sparse for g in g_grads):
+                self._loop_group(g_params, g_grads, g_state, hparams, static, host_scalars)
+            else:
+                run_kernel(self.definition, ForeachOps(host_scalars=host_scalars), g_params, g_grads, g_state,
+                           hparams, static)

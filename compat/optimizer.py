@@ -18,6 +18,7 @@ Hooks, ``zero_grad``, ``add_param_group``, named parameters and ``state_dict`` c
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, Callable, ClassVar, Optional
 
 import torch
@@ -39,6 +40,9 @@ from . import convert
 
 FusedStep = Callable[..., None]
 
+#: param (and step) dtypes for which CPU foreach rounds as torch's for-loop (``_foreach_is_torch_loop``)
+_LOOP_EQUAL_FOREACH_DTYPES = (torch.float32, torch.float64)
+
 
 class FunctionalOptimizer(Optimizer):
     """``torch.optim.Optimizer`` whose ``step`` runs a functional optimizer's kernel in place."""
@@ -47,9 +51,9 @@ class FunctionalOptimizer(Optimizer):
     #: torch's fused kernel over one device/dtype group (steps already incremented), or None
     fused_step: ClassVar[Optional[FusedStep]] = None
     #: On CPU torch's default is the for-loop. Where the foreach path gives bitwise the same numbers
-    #: there and is faster (Adam, AdamW, Adagrad, Adadelta with real params;
-    #: ``tests/test_cpu_default.py``), the default (``foreach=None, fused=None``) runs it;
-    #: ``param_groups`` still say ``foreach=None``.
+    #: there and is faster (Adam, AdamW, Adagrad, Adadelta; see :meth:`_cpu_default_foreach` for
+    #: the params and states where that holds, ``tests/test_cpu_default.py`` for the proof), the
+    #: default (``foreach=None, fused=None``) runs it; ``param_groups`` still say ``foreach=None``.
     cpu_default_foreach: ClassVar[bool] = False
     #: whether ``step`` may be captured (``capturable``) and where
     capturable_devices: ClassVar[Callable[[], list]] = staticmethod(lambda: _get_capturable_supported_devices())
@@ -112,7 +116,8 @@ class FunctionalOptimizer(Optimizer):
         return bool(foreach) or self._cpu_default_foreach(group, params)
 
     def _cpu_default_foreach(self, group: dict, params: list) -> bool:
-        """Whether the default implementation runs foreach on CPU (see ``cpu_default_foreach``)."""
+        """Whether the default implementation runs foreach on CPU (see ``cpu_default_foreach``):
+        only with the default flags and where :meth:`_foreach_is_torch_loop` holds."""
         return (
             self.cpu_default_foreach
             and group.get("foreach") is None
@@ -121,8 +126,28 @@ class FunctionalOptimizer(Optimizer):
             and not group.get("capturable")
             and not isinstance(group.get("lr"), Tensor)
             and not torch.compiler.is_compiling()
-            and all(p.device.type == "cpu" and not torch.is_complex(p) for p in params)
+            and self._foreach_is_torch_loop(params)
         )
+
+    def _foreach_is_torch_loop(self, params: list) -> bool:
+        """Whether foreach on these CPU params computes bitwise what torch's for-loop computes.
+
+        * float32/float64 params only: there each CPU ``torch._foreach_*`` op rounds as the
+          per-tensor op, but for float16/bfloat16 ``_foreach_mul_(xs, scalar)`` does not round as
+          ``x.mul_(scalar)`` (and complex params are decayed as complex numbers by torch's loop);
+        * float32/float64 ``step`` tensors: a checkpoint may hold an int64 ``step``, which torch
+          keeps on load and its for-loop counts in place, where foreach's count would fail;
+        * no parameter twice: torch's loop finishes one occurrence's step (``step += 1`` included)
+          before the next, foreach counts both first.
+        """
+        seen: set[int] = set()
+        for p in params:
+            if p.device.type != "cpu" or p.dtype not in _LOOP_EQUAL_FOREACH_DTYPES or id(p) in seen:
+                return False
+            if not _foreach_counts_like_loop(self.state.get(p, {}).get("step")):
+                return False
+            seen.add(id(p))
+        return True
 
     def _gather(self, group: dict) -> tuple[list, list, dict]:
         params, grads, states = [], [], []
@@ -177,10 +202,15 @@ class FunctionalOptimizer(Optimizer):
             for g_params, g_grads, g_state in _by_device_and_dtype(params, grads, state):
                 run_kernel(self.definition, ops, g_params, g_grads, g_state, hparams, static)
         else:
-            ops = LoopOps(host_scalars=host_scalars)
-            for chunk in _cache_sized_chunks(params):
-                run_kernel(self.definition, ops, [params[i] for i in chunk], [grads[i] for i in chunk],
-                           {k: [v[i] for i in chunk] for k, v in state.items()}, hparams, static)
+            self._loop_group(params, grads, state, hparams, static, host_scalars)
+
+    def _loop_group(self, params: list, grads: list, state: dict, hparams: Any, static: Any,
+                    host_scalars: bool) -> None:
+        """torch's for-loop implementation: the kernel with :class:`LoopOps`, one chunk at a time."""
+        ops = LoopOps(host_scalars=host_scalars)
+        for chunk in _cache_sized_chunks(params):
+            run_kernel(self.definition, ops, [params[i] for i in chunk], [grads[i] for i in chunk],
+                       {k: [v[i] for i in chunk] for k, v in state.items()}, hparams, static)
 
     def _fused_group(self, params, grads, state, hparams, static) -> None:
         grad_scale = getattr(self, "grad_scale", None)
@@ -245,6 +275,7 @@ class FunctionalOptimizer(Optimizer):
                     raise ValueError(f"state of parameter {pid} must be a dict, got {type(entry).__name__}")
                 if "step" not in entry:
                     raise ValueError(f"state of parameter {pid} has no 'step'")
+                _check_step_value(entry["step"], pid)
                 if static is None:
                     continue
                 expected = self.definition.init_slots(torch.empty_like(p, device="meta"), hparams, static)
@@ -261,6 +292,29 @@ class FunctionalOptimizer(Optimizer):
                         )
 
 
+def _check_step_value(step: Any, pid: Any) -> None:
+    """A loaded ``step`` must be a count torch can use: a real number (torch's ``__setstate__``
+    turns it into a tensor) or a real tensor with one element (kept as it is, int64 included).
+
+    Anything else would fail only after ``Optimizer.load_state_dict`` had replaced the state and
+    param groups (a string, a list) or at the next ``step()`` (a tensor of several elements).
+    """
+    if isinstance(step, Tensor):
+        if step.numel() != 1 or step.is_complex():
+            raise ValueError(
+                f"'step' of parameter {pid} must be a real tensor with one element, got a "
+                f"{step.dtype} tensor of shape {tuple(step.shape)}"
+            )
+    elif not isinstance(step, numbers.Real):
+        raise ValueError(f"'step' of parameter {pid} must be a number or a tensor, got {type(step).__name__}")
+
+
+def _foreach_counts_like_loop(step: Optional[Tensor]) -> bool:
+    """Whether foreach counts this ``step`` as torch's loop does: none yet (it will be created
+    as float32), or a float32/float64 tensor."""
+    return step is None or (isinstance(step, Tensor) and step.dtype in _LOOP_EQUAL_FOREACH_DTYPES)
+
+
 #: elements per for-loop chunk: one large tensor at a time, small ones batched (see below)
 LOOP_CHUNK_NUMEL = 1 << 16
 
@@ -272,15 +326,19 @@ def _cache_sized_chunks(params: list) -> list[list[int]]:
     tensor's worth and stay in cache; running each op over every tensor first would hold
     temporaries for all of them. Small tensors are batched into one chunk (fewer Python calls),
     up to ``LOOP_CHUNK_NUMEL`` elements. The math is per tensor, so the numbers do not change.
+    A parameter listed twice in a group starts a new chunk at its second occurrence: torch's loop
+    steps it twice, one whole step (``step += 1`` included) after the other.
     """
     chunks: list[list[int]] = []
     current: list[int] = []
+    in_current: set[int] = set()
     size = 0
     for i, p in enumerate(params):
-        if current and size + p.numel() > LOOP_CHUNK_NUMEL:
+        if current and (size + p.numel() > LOOP_CHUNK_NUMEL or id(p) in in_current):
             chunks.append(current)
-            current, size = [], 0
+            current, in_current, size = [], set(), 0
         current.append(i)
+        in_current.add(id(p))
         size += p.numel()
     if current:
         chunks.append(current)

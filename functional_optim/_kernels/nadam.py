@@ -21,6 +21,12 @@ With step t (per parameter), gradient g (negated if ``maximize``), momentum deca
 the step sizes are computed in double precision from its value, as ``torch.optim.NAdam`` does
 with ``.item()``. Under ``differentiable`` torch instead computes them with the ``mu_product``
 tensors themselves; ``static.differentiable`` reproduces that.
+
+torch's two implementations round differently, and each in-place ``Ops`` follows its own: the
+for-loop computes ``d`` as ``sqrt(v / (1 - beta2^t))``, the foreach code as
+``sqrt(v) / sqrt(1 - beta2^t)`` (``Ops.sqrt_div``); with tensor step sizes (``capturable``,
+``differentiable``) both scale ``g`` and ``m`` before dividing (``Ops.add_scaled_quotients_``),
+and the capturable foreach code forms ``(t + 1) psi`` as ``t psi + psi`` (``Ops.next_step_times``).
 """
 
 from __future__ import annotations
@@ -41,23 +47,32 @@ def nadam_kernel(ops: Ops, params: list, grads: list, state: dict, hparams: Any,
                                            static.decoupled_weight_decay)
 
     t = ops.step_values(steps)
-    mus = [beta1 * (1.0 - 0.5 * (0.96 ** (ti * psi))) for ti in t]
-    mu_nexts = [beta1 * (1.0 - 0.5 * (0.96 ** ((ti + 1) * psi))) for ti in t]
-    bias_correction2_sqrt = ops.realize([(1 - beta2**ti) ** 0.5 for ti in t])
+    mus = [_momentum(beta1, ti * psi) for ti in t]
+    mu_nexts = [_momentum(beta1, e) for e in ops.next_step_times(t, psi)]
+    bias_correction2 = ops.realize([1 - beta2**ti for ti in t])
     mu_products = ops.mul_(state["mu_product"], mus)
 
     exp_avgs = ops.lerp_(exp_avgs, grads, 1 - beta1)
     exp_avg_sqs = ops.mul_(exp_avg_sqs, beta2)
     exp_avg_sqs = ops.addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
 
-    denom = ops.sqrt(exp_avg_sqs)
-    denom = ops.div_(denom, bias_correction2_sqrt)
+    denom = ops.sqrt_div(exp_avg_sqs, bias_correction2)
     denom = ops.add_(denom, eps)
 
     # mu_product read like the steps (Python floats or float64), or used as is (torch's differentiable path)
     prods = mu_products if static.differentiable else ops.scalar_values(mu_products)
     grad_step = ops.realize([(-lr * (1.0 - mu)) / (1.0 - p) for mu, p in zip(mus, prods)])
     exp_avg_step = ops.realize([(-lr * mu_next) / (1.0 - p * mu_next) for mu_next, p in zip(mu_nexts, prods)])
-    params = ops.addcdiv_(params, grads, denom, grad_step)
-    params = ops.addcdiv_(params, exp_avgs, denom, exp_avg_step)
+    terms = [(grads, grad_step), (exp_avgs, exp_avg_step)]
+    if static.differentiable or not ops.host_scalars:
+        # torch's differentiable and capturable code keeps the step sizes as tensors
+        params = ops.add_scaled_quotients_(params, terms, denom)
+    else:
+        for numerators, step_size in terms:
+            params = ops.addcdiv_(params, numerators, denom, step_size)
     return params, {"step": steps, "mu_product": mu_products, "exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs}
+
+
+def _momentum(beta1: Any, exponent: Any) -> Any:
+    """The momentum schedule ``mu = beta1 (1 - 0.5 * 0.96^exponent)``, ``exponent = t psi``."""
+    return beta1 * (1.0 - 0.5 * (0.96**exponent))

@@ -490,11 +490,11 @@ class ForeachOps(Ops):
         foreach code builds its numerator (``_foreach_mul``, then ``_foreach_addcmul_``)."""
         if not all(_is_tensor_list(v) or isinstance(v, Tensor) for _, v in terms):
             return super().add_scaled_quotients_(xs, terms, denoms)
-        as_list = lambda v: list(v) if isinstance(v, (list, tuple)) else [v] * len(xs)  # noqa: E731
+        per_tensor = lambda values: [_nth(values, i) for i in range(len(xs))]  # noqa: E731
         (first, first_values), *rest = terms
-        numerators = torch._foreach_mul(as_list(first_values), first)
+        numerators = torch._foreach_mul(per_tensor(first_values), first)
         for ts, values in rest:
-            torch._foreach_addcmul_(numerators, as_list(values), ts)
+            torch._foreach_addcmul_(numerators, per_tensor(values), ts)
         torch._foreach_addcdiv_(xs, numerators, denoms)
         return xs
 

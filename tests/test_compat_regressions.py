@@ -1,0 +1,343 @@
+"""compat against torch.optim itself, implementation by implementation (issue 9).
+
+* Each compat implementation (for-loop, foreach, differentiable, capturable for-loop and foreach,
+  fused) steps next to torch's implementation of the same name, every flag combination, every
+  dtype torch takes on CPU, and must match it bit for bit: :data:`NOT_BITWISE` lists, as strict
+  expected failures, the cells where it does not (yet).
+* A checkpoint whose ``step`` is an int64 tensor continues as in torch.
+* A malformed ``step`` in a state dict raises before anything changes; well-formed ones load as
+  in torch.
+* A parameter listed twice in one group is stepped as torch steps it.
+
+``capturable`` is a CUDA feature; torch's capturable code is plain tensor math, so it runs on CPU
+once CPU counts as a capturable device (:func:`capturable_on_cpu`).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import itertools
+import warnings
+
+import pytest
+import torch
+
+import compat
+from _parity import make_params
+
+# torch's differentiable mode steps non-leaf params, whose .grad access warns
+pytestmark = pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf")
+
+# ---------------------------------------------------------------------------------------- cases
+#: torch-style hyperparameters and the flag grid of each optimizer
+OPTIMIZERS = {
+    "Adam": (dict(lr=0.05, betas=(0.8, 0.9), eps=1e-6),
+             dict(amsgrad=[False, True], maximize=[False, True], weight_decay=[0.0, 0.1])),
+    "AdamW": (dict(lr=0.05, betas=(0.8, 0.9), eps=1e-6), dict(amsgrad=[False, True], maximize=[False, True])),
+    "Adagrad": (dict(lr=0.1, initial_accumulator_value=0.1),
+                dict(lr_decay=[0.0, 0.1], weight_decay=[0.0, 0.1], maximize=[False, True])),
+    "Adadelta": (dict(lr=0.5, rho=0.8, eps=1e-4), dict(weight_decay=[0.0, 0.1], maximize=[False, True])),
+    "NAdam": (dict(lr=0.05, betas=(0.8, 0.9), eps=1e-6, momentum_decay=0.1),
+              dict(weight_decay=[0.0, 0.1], maximize=[False, True], decoupled_weight_decay=[False, True])),
+    "Adafactor": (dict(lr=0.05), dict(weight_decay=[0.0, 0.1], maximize=[False, True])),
+}
+IMPLS = {
+    "default": {},
+    "forloop": dict(foreach=False),
+    "foreach": dict(foreach=True),
+    "differentiable": dict(foreach=False, differentiable=True),
+    "capturable": dict(foreach=False, capturable=True),
+    "capturable_foreach": dict(foreach=True, capturable=True),
+    "fused": dict(fused=True),
+}
+#: the implementations torch has for each optimizer (besides its default)
+HAS = {
+    "Adam": ["forloop", "foreach", "differentiable", "capturable", "capturable_foreach", "fused"],
+    "AdamW": ["forloop", "foreach", "differentiable", "capturable", "capturable_foreach", "fused"],
+    "Adagrad": ["forloop", "foreach", "differentiable", "fused"],
+    "Adadelta": ["forloop", "foreach", "differentiable", "capturable", "capturable_foreach"],
+    "NAdam": ["forloop", "foreach", "differentiable", "capturable", "capturable_foreach"],
+    "Adafactor": ["forloop", "foreach"],
+}
+HALF = (torch.float16, torch.bfloat16)
+DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+ALL = tuple(DTYPES)
+#: (optimizer, implementation) -> dtypes where compat is not bitwise torch's same implementation
+NOT_BITWISE = {
+    # torch's capturable/differentiable Adam folds the step size into the denominator
+    # (sqrt(v) / (bc2_sqrt * -step_size) + eps / -step_size); the shared Adam kernel does not
+    ("Adam", "differentiable"): ALL, ("Adam", "capturable"): ALL, ("Adam", "capturable_foreach"): ALL,
+    ("AdamW", "differentiable"): ALL, ("AdamW", "capturable"): ALL, ("AdamW", "capturable_foreach"): ALL,
+    # torch's foreach rounds a scaled tensor to the half dtype where its loop passes the scale as
+    # addcdiv_'s value / add_'s alpha (Adagrad: grad * -clr; Adafactor: update * -alpha, and
+    # _foreach_mul_(params, 1 - lr wd)); the shared kernels follow the loop
+    ("Adagrad", "foreach"): HALF,
+    ("Adafactor", "foreach"): HALF,
+}
+STEPS = 10
+MODULES_WITH_CAPTURABLE_CHECK = ("torch.optim.adam", "torch.optim.nadam", "torch.optim.adadelta",
+                                 "compat.optimizer", "compat.nadam", "compat.adadelta")
+
+
+def flag_grid(name: str) -> list[dict]:
+    grid = OPTIMIZERS[name][1]
+    return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+
+
+def kwargs_for(name: str, impl: str, **extra) -> dict:
+    return dict(OPTIMIZERS[name][0], **IMPLS[impl], **extra)
+
+
+@pytest.fixture
+def capturable_on_cpu(monkeypatch):
+    """Let torch's and compat's ``capturable`` device checks accept CPU tensors."""
+    from torch.optim.optimizer import _get_capturable_supported_devices as supported
+
+    def with_cpu(supports_xla: bool = True) -> list:
+        return supported(supports_xla) + ["cpu"]
+
+    for module in MODULES_WITH_CAPTURABLE_CHECK:
+        monkeypatch.setattr(importlib.import_module(module), "_get_capturable_supported_devices", with_cpu)
+
+
+# ---------------------------------------------------------------------------------------- helpers
+def new_params(dtype: torch.dtype, differentiable: bool = False) -> list[torch.Tensor]:
+    """:func:`make_params` in ``dtype``; under ``differentiable`` non-leaf tensors that carry
+    autograd history (torch's differentiable mode steps those in place)."""
+    params = [p.to(dtype) for p in make_params(torch.float32)]
+    if differentiable:
+        return [p.requires_grad_().clone() for p in params]
+    return [p.requires_grad_() for p in params]
+
+
+def grads(params: list, step: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(1000 + step)
+    return [torch.randn(p.shape, generator=g).to(p.dtype) for p in params]
+
+
+def run(cls, params: list, kwargs: dict, steps: int):
+    """``cls(params, **kwargs)`` after ``steps`` steps (see :func:`step_n`)."""
+    return step_n(cls(params, **kwargs), params, steps)
+
+
+def step_n(opt, params: list, steps: int):
+    """``opt`` after ``steps`` steps on generated gradients (one per distinct param)."""
+    unique = list({id(p): p for p in params}.values())
+    for step in range(steps):
+        for p, g in zip(unique, grads(unique, step)):
+            p.grad = g
+        opt.step()
+    return opt
+
+
+def outcome(fn):
+    """``("ok", value)`` or ``("raised", type, message)``: for comparing what two calls did."""
+    try:
+        return ("ok", fn())
+    except Exception as e:  # noqa: BLE001 - any exception is an outcome to compare
+        return ("raised", type(e), str(e))
+
+
+def assert_bitwise(ours: list, ref: list, opt_ours, opt_ref) -> None:
+    """Params and every state value equal bit for bit, with the same dtypes."""
+    for o, r in zip(ours, ref):
+        assert o.dtype == r.dtype and torch.equal(o.detach(), r.detach())
+        assert list(opt_ours.state[o]) == list(opt_ref.state[r])
+        for key, value in opt_ref.state[r].items():
+            mine = opt_ours.state[o][key]
+            assert same_value(mine, value), (key, mine, value)
+
+
+def assert_matches(ours, ref, opt_ours, opt_ref, bitwise: bool) -> None:
+    """Bitwise where that is proven, else to float rounding (the cells of :data:`NOT_BITWISE`)."""
+    if bitwise:
+        assert_bitwise(ours, ref, opt_ours, opt_ref)
+        return
+    for o, r in zip(ours, ref):
+        torch.testing.assert_close(o.detach(), r.detach(), rtol=1e-4, atol=1e-5)
+        for key, value in opt_ref.state[r].items():
+            torch.testing.assert_close(opt_ours.state[o][key], value, rtol=1e-4, atol=1e-5)
+
+
+def same_value(a, b) -> bool:
+    """Equal values of a state dict: tensors bitwise with dtype and shape, containers recursively."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype
+                and a.shape == b.shape and torch.equal(a.detach(), b.detach()))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return list(a) == list(b) and all(same_value(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
+    return type(a) is type(b) and a == b
+
+
+def is_bitwise(name: str, impl: str, dtype: torch.dtype) -> bool:
+    return dtype not in NOT_BITWISE.get((name, impl), ())
+
+
+# ---------------------------------------------------------------------------------------- 6: parity
+def implementation_cases() -> list:
+    cases = []
+    for name, impls in HAS.items():
+        for impl, dtype in itertools.product(impls, DTYPES):
+            marks = () if is_bitwise(name, impl, dtype) else pytest.mark.xfail(
+                strict=True, reason="not bitwise torch's same implementation (see NOT_BITWISE)")
+            cases.append(pytest.param(name, impl, dtype, marks=marks, id=f"{name}-{impl}-{dtype}"))
+    return cases
+
+
+@pytest.mark.usefixtures("capturable_on_cpu")
+@pytest.mark.parametrize("name, impl, dtype", implementation_cases())
+def test_each_implementation_is_bitwise_torch_same_implementation(name, impl, dtype):
+    """Every flag combination, ``STEPS`` steps: params and every state tensor equal bit for bit."""
+    differentiable = impl == "differentiable"
+    for flags in flag_grid(name):
+        kwargs = kwargs_for(name, impl, **flags)
+        ref, ours = new_params(dtype, differentiable), new_params(dtype, differentiable)
+        opt_ref = run(getattr(torch.optim, name), ref, kwargs, STEPS)
+        opt_ours = run(getattr(compat, name), ours, kwargs, STEPS)
+        assert_bitwise(ours, ref, opt_ours, opt_ref)
+
+
+#: implementations that are not bitwise torch's with a tensor ``lr`` (float32 and float64), beyond NOT_BITWISE
+TENSOR_LR_NOT_BITWISE = {
+    # torch's foreach multiplies the grads by the tensor -clr, then divides; the kernel divides first
+    ("Adagrad", "foreach"),
+    # torch's loop passes the tensor lr as ``add_``'s alpha (a number) also when capturable or
+    # differentiable; the kernel then multiplies by the tensor
+    ("Adadelta", "differentiable"), ("Adadelta", "capturable"),
+    # torch's foreach reads lr with .item() for its step sizes, its loop computes them with the tensor
+    ("NAdam", "foreach"),
+}
+TENSOR_LR_STEPS = 30  # one flag combination only, so more steps (Adadelta's difference is rare)
+TENSOR_LR_CASES = [
+    pytest.param(name, impl, dtype, id=f"{name}-{impl}-{dtype}", marks=pytest.mark.xfail(
+        strict=True, reason="not bitwise with a tensor lr (see TENSOR_LR_NOT_BITWISE, NOT_BITWISE)") if (
+        (name, impl) in TENSOR_LR_NOT_BITWISE or not is_bitwise(name, impl, dtype)) else ())
+    for name, impls in HAS.items() for impl in impls for dtype in (torch.float32, torch.float64)
+    if not (name in ("Adam", "AdamW") and impl == "foreach")  # torch refuses a tensor lr there
+]
+
+
+@pytest.mark.usefixtures("capturable_on_cpu")
+@pytest.mark.parametrize("name, impl, dtype", TENSOR_LR_CASES)
+def test_tensor_lr_is_bitwise_torch_same_implementation(name, impl, dtype):
+    """A 0-d tensor ``lr`` (with weight decay, decoupled where the optimizer has it)."""
+    extra = dict(lr=torch.tensor(0.05), weight_decay=0.1)
+    if name == "NAdam":
+        extra["decoupled_weight_decay"] = True
+    kwargs = kwargs_for(name, impl, **extra)
+    differentiable = impl == "differentiable"
+    ref, ours = new_params(dtype, differentiable), new_params(dtype, differentiable)
+    opt_ref = run(getattr(torch.optim, name), ref, kwargs, TENSOR_LR_STEPS)
+    opt_ours = run(getattr(compat, name), ours, kwargs, TENSOR_LR_STEPS)
+    assert_bitwise(ours, ref, opt_ours, opt_ref)
+
+
+# ---------------------------------------------------------------------------------------- 7, 10a: steps
+def checkpoint_with_step(name: str, step, impl: str = "default") -> dict:
+    """torch's state dict after 3 steps of ``impl`` with every ``step`` replaced by ``step``
+    (called if callable). Loading it sets the implementation flags of its param groups."""
+    params = new_params(torch.float32, impl == "differentiable")
+    opt = run(getattr(torch.optim, name), params, kwargs_for(name, impl), 3)
+    sd = copy.deepcopy(opt.state_dict())
+    for entry in sd["state"].values():
+        entry["step"] = step() if callable(step) else step
+    return sd
+
+
+def load_and_continue(cls, name: str, impl: str, sd: dict, steps: int = 5):
+    """A fresh ``cls`` with ``impl``, ``sd`` loaded, then ``steps`` steps: (params, optimizer)."""
+    params = new_params(torch.float32, impl == "differentiable")
+    opt = cls(params, **kwargs_for(name, impl))
+    opt.load_state_dict(copy.deepcopy(sd))
+    return params, step_n(opt, params, steps)
+
+
+IMPL_CASES = [(name, impl) for name in OPTIMIZERS for impl in ["default"] + HAS[name]]
+IMPL_IDS = [f"{n}-{i}" for n, i in IMPL_CASES]
+
+
+@pytest.mark.usefixtures("capturable_on_cpu")
+@pytest.mark.parametrize("name, impl", IMPL_CASES, ids=IMPL_IDS)
+def test_int64_step_checkpoint_continues_like_torch(name, impl):
+    """torch keeps an int64 ``step`` tensor on load (unless capturable/fused) and its for-loop
+    counts on with it; compat does the same, with each implementation (foreach raises in both)."""
+    sd = checkpoint_with_step(name, lambda: torch.tensor(3), impl)
+    ref = outcome(lambda: load_and_continue(getattr(torch.optim, name), name, impl, sd))
+    ours = outcome(lambda: load_and_continue(getattr(compat, name), name, impl, sd))
+    assert ours[0] == ref[0], (ours, ref)
+    if ref[0] == "raised":
+        assert ours[1:] == ref[1:]
+        return
+    (ref_params, opt_ref), (params, opt_ours) = ref[1], ours[1]
+    assert_matches(params, ref_params, opt_ours, opt_ref, is_bitwise(name, impl, torch.float32))
+    assert [s["step"].dtype for s in opt_ours.state.values()] == [s["step"].dtype for s in opt_ref.state.values()]
+
+
+WELL_FORMED_STEPS = {
+    "int": 3, "float": 3.0, "int64-0d": lambda: torch.tensor(3), "float32-0d": lambda: torch.tensor(3.0),
+    "float64-0d": lambda: torch.tensor(3.0, dtype=torch.float64), "one-element": lambda: torch.tensor([3.0]),
+}
+MALFORMED_STEPS = {
+    "string": "2", "list": [2], "none": None, "two-elements": lambda: torch.tensor([2.0, 3.0]),
+    "empty": lambda: torch.tensor([]), "complex": lambda: torch.tensor(2 + 0j),
+}
+
+
+@pytest.mark.parametrize("step", list(WELL_FORMED_STEPS))
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_well_formed_step_loads_like_torch(name, step):
+    """Numbers and one-element tensors load as in torch (same state, same next steps)."""
+    sd = checkpoint_with_step(name, WELL_FORMED_STEPS[step])
+    ref_params, opt_ref = load_and_continue(getattr(torch.optim, name), name, "default", sd, steps=0)
+    params, opt_ours = load_and_continue(getattr(compat, name), name, "default", sd, steps=0)
+    assert same_value(opt_ours.state_dict(), opt_ref.state_dict())
+    step_n(opt_ref, ref_params, 3)
+    step_n(opt_ours, params, 3)
+    assert_bitwise(params, ref_params, opt_ours, opt_ref)
+
+
+@pytest.mark.parametrize("step", list(MALFORMED_STEPS))
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_malformed_step_raises_and_leaves_the_optimizer_as_it_was(name, step):
+    params = new_params(torch.float32)
+    opt = run(getattr(compat, name), params, OPTIMIZERS[name][0], 2)
+    before = copy.deepcopy(opt.state_dict())
+    sd = copy.deepcopy(before)
+    sd["param_groups"][0]["lr"] = 0.5  # a change that must not be applied
+    make = MALFORMED_STEPS[step]
+    sd["state"][1]["step"] = make() if callable(make) else make
+    with pytest.raises(ValueError, match="'step' of parameter 1"):
+        opt.load_state_dict(sd)
+    assert same_value(opt.state_dict(), before)
+
+
+# ---------------------------------------------------------------------------------------- 10b: duplicates
+def construct(cls, params: list, kwargs: dict):
+    """``cls(params, **kwargs)`` and the warnings it gave."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        opt = cls(params, **kwargs)
+    return opt, [str(w.message) for w in caught]
+
+
+@pytest.mark.usefixtures("capturable_on_cpu")
+@pytest.mark.parametrize("name, impl", IMPL_CASES, ids=IMPL_IDS)
+def test_duplicate_params_are_stepped_like_torch(name, impl):
+    """A parameter listed twice: torch's for-loop steps it twice, one whole step after the other;
+    its foreach and fused code count both steps first. compat does what torch's same
+    implementation does (and warns as torch does)."""
+    dtype = torch.float64
+    differentiable = impl == "differentiable"
+    ref, ours = new_params(dtype, differentiable), new_params(dtype, differentiable)
+    listed = lambda ps: [ps[0], ps[1], ps[0], ps[3], ps[1]]  # noqa: E731
+    opt_ref, ref_warnings = construct(getattr(torch.optim, name), listed(ref), kwargs_for(name, impl))
+    opt_ours, our_warnings = construct(getattr(compat, name), listed(ours), kwargs_for(name, impl))
+    assert our_warnings == ref_warnings
+    step_n(opt_ref, ref, 6)
+    step_n(opt_ours, ours, 6)
+    used = [0, 1, 3]
+    assert_matches([ours[i] for i in used], [ref[i] for i in used], opt_ours, opt_ref,
+                   is_bitwise(name, impl, dtype))
