@@ -175,6 +175,7 @@ class FunctionalOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        check_grad_shapes(self)
         for group in self.param_groups:
             params, grads, state = self._gather(group)
             if not params:
@@ -290,6 +291,25 @@ class FunctionalOptimizer(Optimizer):
                             f"state '{key}' of parameter {pid} has shape {tuple(value.shape)}, "
                             f"expected {tuple(like.shape)}"
                         )
+
+
+def check_grad_shapes(optimizer: Optimizer) -> None:
+    """Refuse a gradient whose shape differs from its parameter's, before anything is changed.
+
+    ``p.grad.data = ...`` can give a parameter such a gradient. torch's in-place math then
+    broadcasts it where it can (a ``(4,)`` grad into a ``(3, 4)`` parameter) and fails midway
+    where it cannot (after earlier parameters were stepped); a compat optimizer raises first,
+    naming the parameter. Shapes only are compared (no tensor is read): negligible per step.
+    """
+    for g, group in enumerate(optimizer.param_groups):
+        for i, p in enumerate(group["params"]):
+            grad = p.grad
+            if grad is not None and grad.shape != p.shape:
+                raise RuntimeError(
+                    f"{type(optimizer).__name__}: the gradient of parameter {i} of param group {g} has shape "
+                    f"{tuple(grad.shape)}, but the parameter has shape {tuple(p.shape)}; a gradient must have "
+                    f"its parameter's shape"
+                )
 
 
 def _check_step_value(step: Any, pid: Any) -> None:

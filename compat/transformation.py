@@ -44,6 +44,8 @@ from functional_optim.base import GradientTransformation
 from functional_optim.inject import named_hparams, replace_hparams
 from functional_optim.tree import flatten
 
+from .optimizer import check_grad_shapes
+
 __all__ = ["TransformationOptimizer"]
 
 
@@ -156,6 +158,7 @@ class TransformationOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        check_grad_shapes(self)
         for index, group in enumerate(self.param_groups):
             params = list(group["params"])
             grads = [p.grad for p in params]

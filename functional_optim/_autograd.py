@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._kernels.eager import inside_functorch_transform
 from .tree import flatten
 
 __all__ = ["AutogradChainWarning", "warn_if_chaining_graphs"]
@@ -28,11 +29,6 @@ __all__ = ["AutogradChainWarning", "warn_if_chaining_graphs"]
 
 class AutogradChainWarning(UserWarning):
     """An eager functional update extends the autograd graph of the previous step's params."""
-
-
-def _inside_functorch_transform() -> bool:
-    peek = getattr(torch._C._functorch, "peek_interpreter_stack", None)
-    return peek is not None and peek() is not None
 
 
 def warn_if_chaining_graphs(name: str, params: list, grads: list, hparams: Any) -> None:
@@ -46,7 +42,7 @@ def warn_if_chaining_graphs(name: str, params: list, grads: list, hparams: Any) 
         return
     if any(isinstance(h, Tensor) and h.requires_grad for h in flatten(hparams)[0]):
         return
-    if _inside_functorch_transform():
+    if inside_functorch_transform():
         return
     warnings.warn(
         f"{name}.update: the params carry autograd history (they were produced by an earlier "

@@ -21,11 +21,12 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
-from ._kernels.ops import PURE, Ops
+from ._kernels.eager import eager_ops_for
+from ._kernels.ops import Ops
 from .base import GradientTransformation
 from ._autograd import warn_if_chaining_graphs
 from ._validate import check_hparams_record, scalar_hparams
-from .tree import EMPTY, check_leaves_match, check_same_structure, flatten, is_empty, lazy_paths, unflatten
+from .tree import EMPTY, check_leaves_match, flatten, flatten_like, flatten_plain, is_empty, lazy_paths, unflatten
 
 # kernel(ops, params, grads, state, hparams, static) -> (new_params, new_state)
 #   params/grads: lists of real tensors; state: dict slot name -> list (incl. "step")
@@ -106,12 +107,14 @@ def pack_field(spec, leaves: list) -> Any:
     return unflatten(spec, [EMPTY if x is None else x for x in leaves])
 
 
-def unpack_field(params: Any, field: Any, name: str) -> list:
-    """Per-leaf values of a state field (``None`` where absent), its structure checked against params."""
+def unpack_field(params: Any, field: Any, name: str, params_spec=None) -> list:
+    """Per-leaf values of a state field (``None`` where absent), its structure checked against
+    params (``params_spec``: their spec from :func:`flatten_plain`, if already computed)."""
+    if params_spec is None:
+        params_spec = flatten_plain(params)[1]
     if is_empty(field):
-        return [None] * len(flatten(params)[0])
-    check_same_structure(params, field, "params", name)
-    return [None if is_empty(x) else x for x in flatten(field)[0]]
+        return [None] * params_spec.num_leaves
+    return [None if is_empty(x) else x for x in flatten_like(params_spec, params, field, "params", name)]
 
 
 def check_params(name: str, params: list, paths: Callable[[], list], supports_complex: bool = True) -> None:
@@ -199,12 +202,11 @@ def make_transformation(definition: OptimizerDefinition, hparams: Any, static: A
             raise TypeError(
                 f"{definition.name}.update expects a {definition.state_type.__name__} state, got {type(state).__name__}"
             )
-        check_same_structure(params, grads, "params", "grads")
-        p_leaves, spec = flatten(params)
-        g_leaves, _ = flatten(grads)
+        p_leaves, spec = flatten_plain(params)
+        g_leaves = flatten_like(spec, params, grads, "params", "grads")
         fields = {}
         for name in state._fields:
-            fields[name] = unpack_field(params, getattr(state, name), f"state.{name}")
+            fields[name] = unpack_field(params, getattr(state, name), f"state.{name}", spec)
         paths = lazy_paths(params)
         check_params(definition.name, p_leaves, paths, definition.supports_complex)
         check_leaves_match(p_leaves, g_leaves, paths, "grads")
@@ -217,13 +219,15 @@ def make_transformation(definition: OptimizerDefinition, hparams: Any, static: A
 
         active = [i for i, g in enumerate(g_leaves) if g is not None]
         sub_state = {name: [leaves[i] for i in active] for name, leaves in fields.items()}
+        active_params = [p_leaves[i] for i in active]
+        ops = eager_ops_for(active_params, g_leaves, flatten(hp)[0], *sub_state.values())
         new_p, new_state = run_kernel(
-            definition, PURE, [p_leaves[i] for i in active], [g_leaves[i] for i in active], sub_state, hp, static
+            definition, ops, active_params, [g_leaves[i] for i in active], sub_state, hp, static
         )
 
         update_leaves: list = [None] * len(p_leaves)
-        for j, i in enumerate(active):
-            update_leaves[i] = new_p[j] - p_leaves[i]
+        for i, u in zip(active, ops.sub(new_p, active_params) if active else []):
+            update_leaves[i] = u
         for name, leaves in fields.items():
             leaves = list(leaves)
             for j, i in enumerate(active):

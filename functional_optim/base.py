@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
 
-from .tree import check_same_structure, flatten, unflatten
+from ._kernels.eager import eager_ops_for
+from .tree import flatten_like, flatten_plain, unflatten
 
 Params = Any
 Updates = Any
@@ -42,8 +43,11 @@ def apply_updates(params: Params, updates: Updates) -> Params:
 
     The result keeps each parameter's dtype (an update computed in a wider dtype is cast back).
     """
-    check_same_structure(params, updates, "params", "updates")
-    p_leaves, spec = flatten(params)
-    u_leaves, _ = flatten(updates)
-    out = [p if u is None else (p + u).to(p.dtype) for p, u in zip(p_leaves, u_leaves)]
+    p_leaves, spec = flatten_plain(params)
+    u_leaves = flatten_like(spec, params, updates, "params", "updates")
+    active = [i for i, u in enumerate(u_leaves) if u is not None]
+    olds, deltas = [p_leaves[i] for i in active], [u_leaves[i] for i in active]
+    out = list(p_leaves)
+    for i, new in zip(active, eager_ops_for(olds, deltas).add(olds, deltas) if active else []):
+        out[i] = new if new.dtype == p_leaves[i].dtype else new.to(p_leaves[i].dtype)
     return unflatten(spec, out)

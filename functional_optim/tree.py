@@ -21,6 +21,8 @@ __all__ = [
     "EMPTY",
     "Empty",
     "flatten",
+    "flatten_plain",
+    "flatten_like",
     "unflatten",
     "leaf_paths",
     "check_same_structure",
@@ -47,6 +49,30 @@ def is_empty(x: Any) -> bool:
 def flatten(tree: Any) -> tuple[list[Any], optree.PyTreeSpec]:
     """Flatten ``tree`` keeping ``None`` and :data:`EMPTY` leaves in place."""
     return optree.tree_flatten(tree, is_leaf=is_empty, none_is_leaf=True)
+
+
+def flatten_plain(tree: Any) -> tuple[list[Any], optree.PyTreeSpec]:
+    """:func:`flatten` for a tree that holds no :data:`EMPTY` (params, grads, updates): the same
+    result without calling back into Python at every node (the fast path of every update)."""
+    if torch.compiler.is_compiling():
+        return flatten(tree)
+    return optree.tree_flatten(tree, none_is_leaf=True)
+
+
+def flatten_like(reference_spec: optree.PyTreeSpec, reference: Any, tree: Any, reference_name: str,
+                 tree_name: str) -> list[Any]:
+    """The leaves of ``tree`` aligned with those of ``reference`` (whose spec, from
+    :func:`flatten_plain`, is ``reference_spec``), :data:`EMPTY` entries kept as leaves.
+
+    Raises ``ValueError`` naming the path where the structures differ (:func:`check_same_structure`).
+    A tree without ``EMPTY`` entries takes one C++ flatten and a spec comparison.
+    """
+    if not torch.compiler.is_compiling():
+        leaves, spec = optree.tree_flatten(tree, none_is_leaf=True)
+        if spec == reference_spec:
+            return leaves
+    check_same_structure(reference, tree, reference_name, tree_name)
+    return flatten(tree)[0]
 
 
 def unflatten(spec: optree.PyTreeSpec, leaves: Sequence[Any]) -> Any:

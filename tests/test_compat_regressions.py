@@ -8,6 +8,7 @@
 * A malformed ``step`` in a state dict raises before anything changes; well-formed ones load as
   in torch.
 * A parameter listed twice in one group is stepped as torch steps it.
+* A gradient whose shape differs from its parameter's is refused before anything changes.
 
 ``capturable`` is a CUDA feature; torch's capturable code is plain tensor math, so it runs on CPU
 once CPU counts as a capturable device (:func:`capturable_on_cpu`).
@@ -63,18 +64,13 @@ HAS = {
 HALF = (torch.float16, torch.bfloat16)
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 ALL = tuple(DTYPES)
-#: (optimizer, implementation) -> dtypes where compat is not bitwise torch's same implementation
-NOT_BITWISE = {
-    # torch's capturable/differentiable Adam folds the step size into the denominator
-    # (sqrt(v) / (bc2_sqrt * -step_size) + eps / -step_size); the shared Adam kernel does not
-    ("Adam", "differentiable"): ALL, ("Adam", "capturable"): ALL, ("Adam", "capturable_foreach"): ALL,
-    ("AdamW", "differentiable"): ALL, ("AdamW", "capturable"): ALL, ("AdamW", "capturable_foreach"): ALL,
-    # torch's foreach rounds a scaled tensor to the half dtype where its loop passes the scale as
-    # addcdiv_'s value / add_'s alpha (Adagrad: grad * -clr; Adafactor: update * -alpha, and
-    # _foreach_mul_(params, 1 - lr wd)); the shared kernels follow the loop
-    ("Adagrad", "foreach"): HALF,
-    ("Adafactor", "foreach"): HALF,
-}
+#: (optimizer, implementation) -> dtypes where compat is not bitwise torch's same implementation.
+#: Empty: every cell is bitwise. Where torch's implementations order the same math differently,
+#: an ``Ops`` method gives each in-place ``Ops`` its torch twin's rounding (Adam's capturable and
+#: differentiable step size folded into the denominator: ``Ops.neg_quotients``/``addcdiv_sqrt_``;
+#: foreach scaling before adding or dividing, in place where torch's is: ``Ops.scale_and_add_``
+#: (Adafactor, Adadelta), ``Ops.scale_and_addcdiv_`` (Adagrad)).
+NOT_BITWISE: dict = {}
 STEPS = 10
 MODULES_WITH_CAPTURABLE_CHECK = ("torch.optim.adam", "torch.optim.nadam", "torch.optim.adadelta",
                                  "compat.optimizer", "compat.nadam", "compat.adadelta")
@@ -200,22 +196,17 @@ def test_each_implementation_is_bitwise_torch_same_implementation(name, impl, dt
         assert_bitwise(ours, ref, opt_ours, opt_ref)
 
 
-#: implementations that are not bitwise torch's with a tensor ``lr`` (float32 and float64), beyond NOT_BITWISE
-TENSOR_LR_NOT_BITWISE = {
-    # torch's foreach multiplies the grads by the tensor -clr, then divides; the kernel divides first
-    ("Adagrad", "foreach"),
-    # torch's loop passes the tensor lr as ``add_``'s alpha (a number) also when capturable or
-    # differentiable; the kernel then multiplies by the tensor
-    ("Adadelta", "differentiable"), ("Adadelta", "capturable"),
-    # torch's foreach reads lr with .item() for its step sizes, its loop computes them with the tensor
-    ("NAdam", "foreach"),
-}
+#: implementations that are not bitwise torch's with a tensor ``lr``, beyond NOT_BITWISE. Empty:
+#: torch's loops read the tensor as a number where it is ``add_``'s alpha (Adadelta, capturable and
+#: differentiable too: ``Ops.scale_and_add_``); its foreach NAdam reads it with ``.item()`` for the
+#: step sizes (``Ops.step_size_lr``); its foreach Adagrad scales the grads by it first.
+TENSOR_LR_NOT_BITWISE: set = set()
 TENSOR_LR_STEPS = 30  # one flag combination only, so more steps (Adadelta's difference is rare)
 TENSOR_LR_CASES = [
     pytest.param(name, impl, dtype, id=f"{name}-{impl}-{dtype}", marks=pytest.mark.xfail(
         strict=True, reason="not bitwise with a tensor lr (see TENSOR_LR_NOT_BITWISE, NOT_BITWISE)") if (
         (name, impl) in TENSOR_LR_NOT_BITWISE or not is_bitwise(name, impl, dtype)) else ())
-    for name, impls in HAS.items() for impl in impls for dtype in (torch.float32, torch.float64)
+    for name, impls in HAS.items() for impl in impls for dtype in DTYPES
     if not (name in ("Adam", "AdamW") and impl == "foreach")  # torch refuses a tensor lr there
 ]
 
@@ -341,3 +332,40 @@ def test_duplicate_params_are_stepped_like_torch(name, impl):
     used = [0, 1, 3]
     assert_matches([ours[i] for i in used], [ref[i] for i in used], opt_ours, opt_ref,
                    is_bitwise(name, impl, dtype))
+
+
+# ---------------------------------------------------------------------------------------- grad shapes
+def transformation_optimizer(params: list, **_):
+    import functional_optim as fo
+
+    return compat.TransformationOptimizer(params, fo.adam(lr=0.05))
+
+
+SHAPE_CASES = {name: getattr(compat, name) for name in OPTIMIZERS}
+SHAPE_CASES["TransformationOptimizer"] = transformation_optimizer
+
+
+@pytest.mark.parametrize("grad_shape", [(4,), (5,), (4, 3)], ids=["broadcastable", "mismatched", "transposed"])
+@pytest.mark.parametrize("name", list(SHAPE_CASES))
+def test_grad_of_another_shape_is_refused_before_anything_changes(name, grad_shape):
+    """``p.grad.data = ...`` can give a parameter a gradient of another shape: torch broadcasts a
+    ``(4,)`` grad into a ``(3, 4)`` parameter or fails midway (compat.Adafactor failed with an
+    AttributeError); every compat class raises a RuntimeError naming the parameter and both
+    shapes, with params, grads and state as they were."""
+    first, second = torch.zeros(2, requires_grad=True), torch.zeros(3, 4, requires_grad=True)
+    third = torch.zeros(3, 4, requires_grad=True)
+    opt = SHAPE_CASES[name]([first], **OPTIMIZERS.get(name, ({},))[0])
+    opt.add_param_group({"params": [second, third]})
+    params = [first, second, third]
+    step_n(opt, params, 1)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    third.grad.data = torch.ones(grad_shape)
+    before = copy.deepcopy(opt.state_dict()), [p.detach().clone() for p in params]
+    with pytest.raises(RuntimeError, match=(
+            rf"^{type(opt).__name__}: the gradient of parameter 1 of param group 1 has shape "
+            rf"\({', '.join(map(str, grad_shape))},?\), but the parameter has shape \(3, 4\)")):
+        opt.step()
+    assert same_value(opt.state_dict(), before[0])
+    assert all(torch.equal(p.detach(), b) for p, b in zip(params, before[1]))
+

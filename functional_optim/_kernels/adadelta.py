@@ -28,7 +28,7 @@ def adadelta_kernel(ops: Ops, params: list, grads: list, state: dict, hparams: A
     """One Adadelta step; returns ``(params, state)`` (the same tensors when ``ops`` is in place)."""
     lr, rho, eps, weight_decay = hparams.lr, hparams.rho, hparams.eps, hparams.weight_decay
     if ops.host_scalars and isinstance(lr, Tensor):
-        lr = lr.item()  # torch reads a tensor lr on the host unless capturable
+        lr = lr.item()  # torch reads a tensor lr on the host (its for-loop also when capturable: scale_and_add_)
     square_avgs, acc_deltas = state["square_avg"], state["acc_delta"]
 
     steps = ops.increment_(state["step"])
@@ -48,5 +48,5 @@ def adadelta_kernel(ops: Ops, params: list, grads: list, state: dict, hparams: A
     acc_deltas = ops.mul_(acc_deltas, rho)
     acc_deltas = ops.addcmul_(acc_deltas, deltas, deltas, 1 - rho)
 
-    params = ops.add_(params, deltas, alpha=-lr)
+    params = ops.scale_and_add_(params, deltas, -lr, scratch=True)
     return params, {"step": steps, "square_avg": square_avgs, "acc_delta": acc_deltas}

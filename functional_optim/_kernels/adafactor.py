@@ -23,6 +23,8 @@ With step t (per parameter), gradient G (negated if ``maximize``), tau = ``beta2
 Row/column means of G^2 are taken as ``norm(G, dim)^2 / size``, the way torch computes them.
 The scalar terms (w, rho, alpha, the clipping divisor) are Python floats when ``ops.host_scalars``
 (torch's ``.item()`` arithmetic) and float64 0-d tensors otherwise (traceable, no host sync).
+torch's for-loop adds ``U`` with ``alpha=``, its foreach code scales ``U`` in place first
+(``Ops.scale_and_add_``).
 """
 
 from __future__ import annotations
@@ -75,11 +77,8 @@ def adafactor_kernel(ops: Ops, params: list, grads: list, state: dict, hparams: 
 
     updates = ops.mul_tensors_([torch.rsqrt(_clamp_min(v, eps1 * eps1)) for v in var_estimates], grads)
     update_norms = ops.scalar_values([u.norm(2) for u in updates])
-    scales = [
-        _as_dtype_of(-a / _at_least(n / (u.numel() ** 0.5 * d), 1.0), p)
-        for a, n, u, p in zip(alphas, update_norms, updates, params)
-    ]
-    params = ops.add_(params, updates, alpha=scales)
+    scales = [-a / _at_least(n / (u.numel() ** 0.5 * d), 1.0) for a, n, u in zip(alphas, update_norms, updates)]
+    params = ops.scale_and_add_(params, updates, scales, scratch=True)
     return params, new_state
 
 

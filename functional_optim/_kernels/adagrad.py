@@ -18,7 +18,8 @@ indices. Sparse gradients are incompatible with ``weight_decay`` (the definition
 ``check_grad`` raises torch's error before the step), and their complex values are used as
 complex numbers (torch views complex tensors as real only on the dense path).
 
-The operation order follows ``torch.optim.adagrad``'s for-loop path so that results match it.
+The operation order follows ``torch.optim.adagrad``'s for-loop path so that results match it;
+torch's foreach code scales the gradient by ``-clr`` before dividing (``Ops.scale_and_addcdiv_``).
 """
 
 from __future__ import annotations
@@ -40,13 +41,14 @@ def adagrad_kernel(ops: Ops, params: list, grads: list, state: dict, hparams: An
     lr, lr_decay, eps = hparams.lr, hparams.lr_decay, hparams.eps
     steps = ops.increment_(state["step"])
     if static.maximize:
-        grads = ops.neg(grads)
+        grads = ops.neg(grads)  # the kernel's own tensors from here on (see _dense_step)
     t = ops.step_values(steps)
     neg_clr = [-(lr / (1 + (ti - 1) * lr_decay)) for ti in t]
 
     sparse = [i for i, g in enumerate(grads) if g.is_sparse]
     if not sparse:
-        params, sums = _dense_step(ops, params, grads, state["sum"], neg_clr, hparams.weight_decay, eps)
+        params, sums = _dense_step(ops, params, grads, state["sum"], neg_clr, hparams.weight_decay, eps,
+                                   static.maximize)
         return params, {"step": steps, "sum": sums}
 
     dense = [i for i, g in enumerate(grads) if not g.is_sparse]
@@ -54,7 +56,7 @@ def adagrad_kernel(ops: Ops, params: list, grads: list, state: dict, hparams: An
     if dense:
         _put((new_params, new_sums), dense, _dense_step(
             ops, _take(params, dense), _take(grads, dense), _take(state["sum"], dense), _take(neg_clr, dense),
-            hparams.weight_decay, eps,
+            hparams.weight_decay, eps, static.maximize,
         ))
     _put((new_params, new_sums), sparse, _sparse_step(
         ops, _take(params, sparse), _take(grads, sparse), _take(state["sum"], sparse), _take(neg_clr, sparse), eps
@@ -62,12 +64,15 @@ def adagrad_kernel(ops: Ops, params: list, grads: list, state: dict, hparams: An
     return new_params, {"step": steps, "sum": new_sums}
 
 
-def _dense_step(ops: Ops, params, grads, sums, neg_clr, weight_decay, eps):
+def _dense_step(ops: Ops, params, grads, sums, neg_clr, weight_decay, eps, own_grads: bool):
+    """``own_grads``: the grads are the kernel's temporaries (negated for ``maximize``), which
+    the final update may overwrite, as torch's foreach code does."""
     if nonzero(weight_decay):
         grads = ops.add(grads, params, alpha=weight_decay)
+        own_grads = True
     sums = ops.addcmul_(sums, grads, grads, 1)
     std = ops.add_(ops.sqrt(sums), eps)
-    params = ops.addcdiv_(params, grads, std, neg_clr)
+    params = ops.scale_and_addcdiv_(params, grads, std, neg_clr, scratch=own_grads)
     return params, sums
 
 

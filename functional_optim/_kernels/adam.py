@@ -14,6 +14,10 @@ With step t (per parameter), gradient g (negated if ``maximize``):
     theta <- theta - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
 
 The operation order follows ``torch.optim.adam``'s for-loop path so that results match it.
+torch's capturable and differentiable code (step sizes as tensors) folds the step size into the
+denominator, its for-loop and its foreach code each in its own order; ``Ops.neg_quotients`` and
+``Ops.addcdiv_sqrt_`` give each in-place ``Ops`` the rounding of torch's implementation of the
+same name.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ def adam_kernel(ops: Ops, params: list, grads: list, state: dict, hparams: Any, 
     exp_avg_sqs = ops.addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
 
     t = ops.step_values(steps)
-    neg_step_size = ops.realize([-(lr / (1 - beta1**ti)) for ti in t])
+    neg_step_size = ops.realize(ops.neg_quotients(lr, [1 - beta1**ti for ti in t]))
     bias_correction2_sqrt = ops.realize([(1 - beta2**ti) ** 0.5 for ti in t])
 
     new_state = {"step": steps, "exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs}
@@ -48,10 +52,7 @@ def adam_kernel(ops: Ops, params: list, grads: list, state: dict, hparams: Any, 
     if static.amsgrad:
         second_moment = new_state["max_exp_avg_sq"] = ops.maximum_(state["max_exp_avg_sq"], exp_avg_sqs)
 
-    denom = ops.sqrt(second_moment)
-    denom = ops.div_(denom, bias_correction2_sqrt)
-    denom = ops.add_(denom, eps)
-    params = ops.addcdiv_(params, exp_avgs, denom, neg_step_size)
+    params = ops.addcdiv_sqrt_(params, exp_avgs, second_moment, bias_correction2_sqrt, eps, neg_step_size)
     return params, new_state
 
 

@@ -27,6 +27,8 @@ for-loop computes ``d`` as ``sqrt(v / (1 - beta2^t))``, the foreach code as
 ``sqrt(v) / sqrt(1 - beta2^t)`` (``Ops.sqrt_div``); with tensor step sizes (``capturable``,
 ``differentiable``) both scale ``g`` and ``m`` before dividing (``Ops.add_scaled_quotients_``),
 and the capturable foreach code forms ``(t + 1) psi`` as ``t psi + psi`` (``Ops.next_step_times``).
+With a tensor ``lr``, torch's foreach code reads it with ``.item()`` for the step sizes and its
+for-loop computes them with the tensor (``Ops.step_size_lr``).
 """
 
 from __future__ import annotations
@@ -61,8 +63,9 @@ def nadam_kernel(ops: Ops, params: list, grads: list, state: dict, hparams: Any,
 
     # mu_product read like the steps (Python floats or float64), or used as is (torch's differentiable path)
     prods = mu_products if static.differentiable else ops.scalar_values(mu_products)
-    grad_step = ops.realize([(-lr * (1.0 - mu)) / (1.0 - p) for mu, p in zip(mus, prods)])
-    exp_avg_step = ops.realize([(-lr * mu_next) / (1.0 - p * mu_next) for mu_next, p in zip(mu_nexts, prods)])
+    step_lr = ops.step_size_lr(lr)
+    grad_step = ops.realize([(-step_lr * (1.0 - mu)) / (1.0 - p) for mu, p in zip(mus, prods)])
+    exp_avg_step = ops.realize([(-step_lr * mu_next) / (1.0 - p * mu_next) for mu_next, p in zip(mu_nexts, prods)])
     terms = [(grads, grad_step), (exp_avgs, exp_avg_step)]
     if static.differentiable or not ops.host_scalars:
         # torch's differentiable and capturable code keeps the step sizes as tensors

@@ -65,6 +65,12 @@ class Ops:
         """Per-parameter step counts, as Python floats or as 0-d tensors."""
         return self.scalar_values(steps)
 
+    def per_param(self, fn, *values):
+        """``[fn(*v) for v in zip(*values)]``: scalar math per parameter (step sizes from step
+        counts ...). Implementations that hold per-parameter scalars as one vector compute it
+        once for all parameters instead."""
+        return [fn(*v) for v in zip(*values)]
+
     def scalar_values(self, scalars: Sequence[Tensor]) -> list[Scalar]:
         """0-d tensors (step counts, norms ...) read as Python floats (``.item()``, when
         ``host_scalars``) or kept as 0-d tensors in ``step_dtype`` (traceable, no host sync).
@@ -141,6 +147,61 @@ class Ops:
         for ts, values in terms:
             xs = self.addcdiv_(xs, ts, denoms, values)
         return xs
+
+    def neg_quotients(self, numerator: Scalar, denominators: Sequence[Scalar]) -> list:
+        """``-(n / d)`` for each ``d`` (a number or a 0-d tensor), e.g. Adam's step size
+        ``-lr / (1 - beta1^t)``, as torch's for-loop and its host scalar math compute it.
+        :class:`ForeachOps` computes ``1 / (-d / n)`` for tensor ``d``, as torch's capturable
+        foreach Adam does (``_foreach_div_`` by ``lr``, then ``_foreach_reciprocal_``)."""
+        return [-(numerator / d) for d in denominators]
+
+    def addcdiv_sqrt_(self, xs, numerators, squares, root_divisors: ScalarArg, eps: Scalar, values: ScalarArg):
+        """``x + v * n / (sqrt(s) / r + eps)``: Adam's update (``r = sqrt(1 - beta2^t)``, ``v`` the
+        negative step size; ``r`` and ``v`` are scalars, one per tensor or shared).
+
+        The default is torch's order with host scalars: the denominator, then ``addcdiv_`` with
+        ``value=v``. Without host scalars (``capturable``, ``differentiable``) torch folds the tensor
+        ``v`` into the denominator and adds ``n / denominator``: its for-loop computes the
+        denominator as ``sqrt(s) / (r v) + eps / v`` (:class:`LoopOps`), its foreach code as
+        ``(sqrt(s) / r + eps) / v`` (:class:`ForeachOps`).
+        """
+        denoms = self.add_(self.div_(self.sqrt(squares), root_divisors), eps)
+        return self.addcdiv_(xs, numerators, denoms, values)
+
+    def scale_and_add_(self, xs, others, scales: ScalarArg, scratch: bool = False):
+        """``x + s * o``: the final update of Adadelta (``s = -lr``) and Adafactor (one ``s`` per tensor).
+
+        ``scratch`` says that ``others`` are the kernel's own temporaries, which may be overwritten.
+        The default is ``add_(xs, others, alpha=scales)``, the rounding of torch's for-loop
+        (``param.add_(update, alpha=s)``, ``s`` read as a number: :class:`LoopOps` reads a tensor
+        ``s`` with ``.item()`` also when capturable or differentiable, as ``add_``'s ``alpha`` does).
+        :class:`ForeachOps` scales ``others`` first where ``s`` is one per tensor or a tensor, in
+        place when ``scratch`` (``_foreach_mul_(updates, s)``, then ``_foreach_add_``) as torch's
+        foreach code does; an in-place foreach product rounds ``s`` to a half dtype first.
+        Tensor scales given one per tensor are cast to their tensor's dtype here (the foreach code
+        multiplies by them as they are).
+        """
+        if isinstance(scales, (list, tuple)):
+            scales = [_as_dtype_of(s, x) for s, x in zip(scales, xs)]
+        return self.add_(xs, others, alpha=scales)
+
+    def scale_and_addcdiv_(self, xs, numerators, denoms, scales: ScalarArg, scratch: bool = False):
+        """``x + s * n / d``: Adagrad's update (``s = -clr``, one per tensor).
+
+        The default is ``addcdiv_(xs, numerators, denoms, value=scales)``, the rounding of torch's
+        for-loop. :class:`ForeachOps` scales the numerators first, as torch's foreach code does
+        (``_foreach_mul`` of the grads by ``s``, in place when ``scratch``: the numerators are the
+        kernel's own temporaries), then ``_foreach_addcdiv_`` with value 1; that rounds ``n s`` to
+        the tensors' dtype (visible for float16/bfloat16 and for tensor ``s``).
+        """
+        return self.addcdiv_(xs, numerators, denoms, scales)
+
+    def step_size_lr(self, lr: Scalar) -> Scalar:
+        """``lr`` as it enters per-parameter step sizes computed on the host: as it is (a tensor
+        ``lr`` gives tensor step sizes, as in torch's for-loop NAdam). :class:`ForeachOps` with
+        ``host_scalars`` reads a tensor with ``.item()``, as torch's foreach NAdam does
+        (``_get_value(lr)``; its decoupled weight decay still uses the tensor)."""
+        return lr
 
     # Always out of place --------------------------------------------------------------
     def neg(self, xs):
@@ -254,6 +315,10 @@ class PureOps(Ops):
 
     def sqrt_(self, xs):
         return self.sqrt(xs)
+
+    def sub(self, xs, others):
+        """``x - other`` (the updates ``new_params - params``)."""
+        return [x - o for x, o in zip(xs, others)]
 
 
 class LoopOps(Ops):
@@ -371,6 +436,31 @@ class LoopOps(Ops):
             for i, (x, t, d) in enumerate(zip(xs, ts, denoms)):
                 x.addcdiv_(t * _nth(values, i), d)
         return xs
+
+    def addcdiv_sqrt_(self, xs, numerators, squares, root_divisors: ScalarArg, eps: Scalar, values: ScalarArg):
+        """Without host scalars, ``x.addcdiv_(n, sqrt(s) / (r v) + eps / v)`` as torch's capturable and
+        differentiable for-loop Adam folds the step size into the denominator (see :meth:`Ops.addcdiv_sqrt_`)."""
+        if self.host_scalars:
+            return super().addcdiv_sqrt_(xs, numerators, squares, root_divisors, eps, values)
+        keep = torch.is_grad_enabled()  # under autograd, a numerator saved for backward is copied
+        for i, (x, n, s) in enumerate(zip(xs, numerators, squares)):
+            v = _nth(values, i)
+            denom = (s.sqrt() / (_nth(root_divisors, i) * v)).add_(eps / v)
+            x.addcdiv_(n.clone() if keep else n, denom)
+        return xs
+
+    def scale_and_add_(self, xs, others, scales: ScalarArg, scratch: bool = False):
+        """``x.add_(o, alpha=s)`` with ``s`` read as a number, as torch's for-loop does also when
+        capturable or differentiable (a tensor that requires grad, or one met while compiling, is
+        kept: see :meth:`Ops.scale_and_add_`)."""
+        keep = torch.compiler.is_compiling()
+        alphas = []
+        for i, x in enumerate(xs):
+            s = _nth(scales, i)
+            if isinstance(s, Tensor):
+                s = _as_dtype_of(s, x) if keep or s.requires_grad else s.item()
+            alphas.append(s)
+        return self.add_(xs, others, alpha=alphas)
 
 
 def _is_tensor_list(scalar) -> bool:
@@ -497,6 +587,61 @@ class ForeachOps(Ops):
             torch._foreach_addcmul_(numerators, per_tensor(values), ts)
         torch._foreach_addcdiv_(xs, numerators, denoms)
         return xs
+
+    def neg_quotients(self, numerator: Scalar, denominators: Sequence[Scalar]) -> list:
+        """``1 / (-d / n)`` for tensor ``d``, as torch's capturable foreach Adam computes its step
+        sizes (``_foreach_div_``, ``_foreach_reciprocal_``); else the default ``-(n / d)``."""
+        if not _is_tensor_list(denominators):
+            return super().neg_quotients(numerator, denominators)
+        quotients = torch._foreach_neg(denominators)
+        torch._foreach_div_(quotients, numerator)
+        torch._foreach_reciprocal_(quotients)
+        return list(quotients)
+
+    def addcdiv_sqrt_(self, xs, numerators, squares, root_divisors: ScalarArg, eps: Scalar, values: ScalarArg):
+        """Without host scalars, ``x + n / ((sqrt(s) / r + eps) / v)`` as torch's capturable foreach
+        Adam folds the step size into the denominator (see :meth:`Ops.addcdiv_sqrt_`)."""
+        if self.host_scalars:
+            return super().addcdiv_sqrt_(xs, numerators, squares, root_divisors, eps, values)
+        denoms = torch._foreach_sqrt(squares)
+        torch._foreach_div_(denoms, [_nth(root_divisors, i) for i in range(len(xs))])
+        torch._foreach_add_(denoms, eps)
+        torch._foreach_div_(denoms, [_nth(values, i) for i in range(len(xs))])
+        torch._foreach_addcdiv_(xs, numerators, denoms)
+        return xs
+
+    def scale_and_add_(self, xs, others, scales: ScalarArg, scratch: bool = False):
+        """``_foreach_mul_(others, s)`` (in place when ``scratch``), then ``_foreach_add_``, for one
+        ``s`` per tensor or a tensor ``s``; ``_foreach_add_`` with ``alpha=s`` for a number (see
+        :meth:`Ops.scale_and_add_`)."""
+        if not (isinstance(scales, (list, tuple)) or isinstance(scales, Tensor)):
+            torch._foreach_add_(xs, others, alpha=scales)
+            return xs
+        scales = list(scales) if isinstance(scales, (list, tuple)) else scales
+        if scratch:
+            torch._foreach_mul_(others, scales)
+        else:
+            others = torch._foreach_mul(others, scales)
+        torch._foreach_add_(xs, others)
+        return xs
+
+    def scale_and_addcdiv_(self, xs, numerators, denoms, scales: ScalarArg, scratch: bool = False):
+        """``_foreach_mul`` of the numerators by ``s`` (in place when ``scratch``), then
+        ``_foreach_addcdiv_`` with value 1, as torch's foreach Adagrad (see :meth:`Ops.scale_and_addcdiv_`)."""
+        scales = list(scales) if isinstance(scales, (list, tuple)) else scales
+        if scratch:
+            torch._foreach_mul_(numerators, scales)
+        else:
+            numerators = torch._foreach_mul(numerators, scales)
+        torch._foreach_addcdiv_(xs, numerators, denoms)
+        return xs
+
+    def step_size_lr(self, lr: Scalar) -> Scalar:
+        """A tensor ``lr`` read with ``.item()`` when ``host_scalars``, as torch's foreach NAdam does
+        for its step sizes (see :meth:`Ops.step_size_lr`)."""
+        if self.host_scalars and isinstance(lr, Tensor):
+            return lr.item()
+        return lr
 
 
 PURE = PureOps()
