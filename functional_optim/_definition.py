@@ -170,13 +170,25 @@ def check_state(definition: OptimizerDefinition, static: Any, params: list, fiel
     at trace time under ``torch.compile``.
     """
     scalars = {"step", *definition.scalar_slots}
+    layouts: dict = {}  # param shape -> slot shapes (computed once per distinct shape)
     for i, p in enumerate(params):
-        layout = None if definition.slot_shapes is None else definition.slot_shapes(p.shape, static)
+        shape, dtype, device = p.shape, p.dtype, p.device
+        layout = layouts.get(shape)
+        if layout is None:
+            layout = layouts[shape] = definition.expected_slot_shapes(shape, static)
         for name, leaves in fields.items():
+            value = leaves[i]
             if name in scalars:
-                problem = _scalar_slot_problem(leaves[i], p)
+                if (type(value) is Tensor and value.dim() == 0 and value.is_floating_point()
+                        and (value.is_cpu or value.device == device)):
+                    continue  # the common case, checked without building a message
+                problem = _scalar_slot_problem(value, p)
             else:
-                problem = _slot_problem(leaves[i], p, p.shape if layout is None else layout[name])
+                expected = layout[name]
+                if (expected is not None and type(value) is Tensor and value.shape == expected
+                        and value.dtype == dtype and value.device == device) or (expected is None and value is None):
+                    continue
+                problem = _slot_problem(value, p, expected)
             if problem is not None:
                 raise ValueError(f"{definition.name}: state.{name} at {paths()[i]} {problem}")
 

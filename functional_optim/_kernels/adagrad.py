@@ -43,7 +43,7 @@ def adagrad_kernel(ops: Ops, params: list, grads: list, state: dict, hparams: An
     if static.maximize:
         grads = ops.neg(grads)  # the kernel's own tensors from here on (see _dense_step)
     t = ops.step_values(steps)
-    neg_clr = [-(lr / (1 + (ti - 1) * lr_decay)) for ti in t]
+    neg_clr = ops.per_param(lambda ti: -(lr / (1 + (ti - 1) * lr_decay)), t)
 
     sparse = [i for i, g in enumerate(grads) if g.is_sparse]
     if not sparse:

@@ -44,8 +44,8 @@ def adam_kernel(ops: Ops, params: list, grads: list, state: dict, hparams: Any, 
     exp_avg_sqs = ops.addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
 
     t = ops.step_values(steps)
-    neg_step_size = ops.realize(ops.neg_quotients(lr, [1 - beta1**ti for ti in t]))
-    bias_correction2_sqrt = ops.realize([(1 - beta2**ti) ** 0.5 for ti in t])
+    neg_step_size = ops.realize(ops.neg_quotients(lr, ops.per_param(lambda ti: 1 - beta1**ti, t)))
+    bias_correction2_sqrt = ops.realize(ops.per_param(lambda ti: (1 - beta2**ti) ** 0.5, t))
 
     new_state = {"step": steps, "exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs}
     second_moment = exp_avg_sqs

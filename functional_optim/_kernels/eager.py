@@ -43,17 +43,31 @@ class ForeachPureOps(PureOps):
 
     # ------------------------------------------------------------------ scalars
     def per_param(self, fn: Callable[..., Any], *values: Any) -> Any:
-        """``fn`` applied to each parameter's scalars, computed once over the stacked vector."""
-        if all(isinstance(v, Tensor) for v in values[0]) and len(values[0]) > 1:
-            return fn(*(torch.stack(list(v)) for v in values))
-        return super().per_param(fn, *values)
+        """``fn`` applied to each parameter's scalars, computed once over the stacked vectors."""
+        if all(_is_vector(v) or (v and all(isinstance(x, Tensor) for x in v)) for v in values):
+            return fn(*(v if _is_vector(v) else torch.stack(list(v)).to(torch.float64) for v in values))
+        return super().per_param(fn, *(_unbound(v) for v in values))
+
+    def neg_quotients(self, numerator: Scalar, denominators: Any) -> Any:
+        if _is_vector(denominators):
+            return -(numerator / denominators)
+        return super().neg_quotients(numerator, denominators)
+
+    def next_step_times(self, steps: Any, factor: Scalar) -> Any:
+        if _is_vector(steps):
+            return (steps + 1) * factor
+        return super().next_step_times(steps, factor)
 
     def _scalars(self, scalar: ScalarArg, xs: Sequence[Tensor]) -> Any:
         """A scalar argument in the form foreach ops take: a number, a list of numbers, or a list
-        of 0-d tensors in each tensor's dtype (a float64 vector is cast once and split into views)."""
+        of 0-d tensors in each tensor's dtype. A float64 vector of per-parameter scalars becomes
+        Python numbers for CPU tensors (read once; torch's host scalar math) and otherwise is
+        cast once and split into 0-d views (no host synchronisation)."""
         if isinstance(scalar, Tensor):
             if scalar.dim() == 0:
                 scalar = [scalar] * len(xs)
+            elif scalar.is_cpu and xs[0].is_cpu and not scalar.requires_grad:
+                return scalar.tolist()
             else:
                 dtype = _one_dtype(xs)
                 if dtype is not None:
@@ -76,82 +90,109 @@ class ForeachPureOps(PureOps):
         return scalars
 
     # ------------------------------------------------------------------ list math
+    # Every list an operation returns is a :class:`_Fresh` list of tensors this update made. An
+    # "underscore" operation may update such a list in place (the kernels are written for the
+    # in-place Ops), which saves an allocation per tensor; lists the caller passed in (params,
+    # grads, state) are never written. In place only in float32/float64: torch's in-place foreach
+    # ops round a scalar to a half dtype first, the out-of-place ones do not.
+
+    def _foreach(self, name: str, xs, *args, **kwargs):
+        """``torch._foreach_<name>_`` on ``xs`` if it is ours to overwrite, else the out-of-place op."""
+        if type(xs) is _Fresh and _one_dtype(xs) in _IN_PLACE_DTYPES:
+            getattr(torch, f"_foreach_{name}_")(xs, *args, **kwargs)
+            return xs
+        return _Fresh(getattr(torch, f"_foreach_{name}")(xs, *args, **kwargs))
+
     def neg(self, xs):
-        return list(torch._foreach_neg(xs))
+        return _Fresh(torch._foreach_neg(xs))
 
     def add(self, xs, others, alpha: ScalarArg = 1):
         alpha = self._scalars(alpha, xs)
         if isinstance(alpha, list):
-            return list(torch._foreach_add(xs, torch._foreach_mul(others, alpha)))
-        return list(torch._foreach_add(xs, others, alpha=alpha))
+            return _Fresh(torch._foreach_add(xs, torch._foreach_mul(others, alpha)))
+        return _Fresh(torch._foreach_add(xs, others, alpha=alpha))
 
     def add_scalar(self, xs, value: ScalarArg):
-        value = self._scalars(value, xs)
-        if isinstance(value, list) and value and isinstance(value[0], Tensor):
-            return list(torch._foreach_add(xs, value))
-        return list(torch._foreach_add(xs, value))
+        return _Fresh(torch._foreach_add(xs, self._scalars(value, xs)))
 
     def add_(self, xs, other, alpha: ScalarArg = 1):
         if isinstance(other, (list, tuple)) and any(isinstance(o, Tensor) and o.dim() > 0 for o in other):
-            return self.add(xs, other, alpha)  # tensors (a 0-d parameter's among them), not scalars
-        if isinstance(alpha, (int, float)) and alpha == 1:
-            return self.add_scalar(xs, other)
-        return self.add_scalar(xs, self.per_param(lambda o, a: o * a, *_as_lists(len(xs), other, alpha)))
+            alpha = self._scalars(alpha, xs)
+            if isinstance(alpha, list):
+                return self._foreach("add", xs, torch._foreach_mul(other, alpha))
+            return self._foreach("add", xs, other, alpha=alpha)  # tensors (a 0-d param's among them)
+        if not (isinstance(alpha, (int, float)) and alpha == 1):
+            other = self.per_param(lambda o, a: o * a, *_as_lists(len(xs), other, alpha))
+        return self._foreach("add", xs, self._scalars(other, xs))
 
     def square(self, xs):
-        return list(torch._foreach_mul(xs, xs))
+        return _Fresh(torch._foreach_mul(xs, xs))
 
     def sqrt(self, xs):
-        return list(torch._foreach_sqrt(xs))
+        return _Fresh(torch._foreach_sqrt(xs))
 
     def sqrt_(self, xs):
-        return self.sqrt(xs)
+        return self._foreach("sqrt", xs)
 
     def clone(self, xs):
-        return [x.clone() for x in xs]
+        return _Fresh(x.clone() for x in xs)
 
     def increment_(self, steps):
-        return list(torch._foreach_add(steps, 1))
+        return _Fresh(torch._foreach_add(steps, 1))
 
     def mul_(self, xs, scalar: ScalarArg):
-        return list(torch._foreach_mul(xs, self._scalars(scalar, xs)))
+        return self._foreach("mul", xs, self._scalars(scalar, xs))
 
     def mul_tensors_(self, xs, others):
-        return list(torch._foreach_mul(xs, others))
+        return self._foreach("mul", xs, others)
 
     def div_(self, xs, scalar: ScalarArg):
-        return list(torch._foreach_div(xs, self._scalars(scalar, xs)))
+        return self._foreach("div", xs, self._scalars(scalar, xs))
 
     def div_tensors_(self, xs, others):
-        return list(torch._foreach_div(xs, others))
+        return self._foreach("div", xs, others)
 
     def lerp_(self, xs, ends, weight: ScalarArg):
         if isinstance(weight, (int, float)):
-            return list(torch._foreach_lerp(xs, ends, weight))
+            return self._foreach("lerp", xs, ends, weight)
         dtype = _one_dtype(xs)
         if dtype is None or dtype in _REDUCED or isinstance(weight, (list, tuple)) and weight \
                 and not isinstance(weight[0], Tensor):
-            return super().lerp_(xs, ends, _unbound(weight))
-        weights = self._scalars(weight, xs)
-        return list(torch._foreach_lerp(xs, ends, weights))
+            return _Fresh(super().lerp_(xs, ends, _unbound(weight)))
+        weights = weight if isinstance(weight, (list, tuple)) else _unbound(weight)
+        if not isinstance(weights, list):
+            weights = [weights] * len(xs)
+        return self._foreach("lerp", xs, ends, [w.to(dtype) for w in weights])
 
     def addcmul_(self, xs, t1s, t2s, value: ScalarArg = 1):
         value = self._scalars(value, xs)
         if isinstance(value, list) and value and isinstance(value[0], Tensor):
-            return list(torch._foreach_add(xs, torch._foreach_mul(torch._foreach_mul(t1s, t2s), value)))
-        return list(torch._foreach_addcmul(xs, t1s, t2s, value))
+            return self._foreach("add", xs, torch._foreach_mul(torch._foreach_mul(t1s, t2s), value))
+        return self._foreach("addcmul", xs, t1s, t2s, value)
 
     def addcdiv_(self, xs, t1s, t2s, value: ScalarArg = 1):
         value = self._scalars(value, xs)
         if isinstance(value, list) and value and isinstance(value[0], Tensor):
-            return list(torch._foreach_add(xs, torch._foreach_mul(torch._foreach_div(t1s, t2s), value)))
-        return list(torch._foreach_addcdiv(xs, t1s, t2s, value))
+            return self._foreach("add", xs, torch._foreach_mul(torch._foreach_div(t1s, t2s), value))
+        return self._foreach("addcdiv", xs, t1s, t2s, value)
 
     def maximum_(self, xs, others):
-        return list(torch._foreach_maximum(xs, others))
+        return self._foreach("maximum", xs, others)
 
     def sub(self, xs, others):
-        return list(torch._foreach_sub(xs, others))
+        return _Fresh(torch._foreach_sub(xs, others))
+
+
+class _Fresh(list):
+    """A list of tensors made by this update (see ``ForeachPureOps._foreach``)."""
+
+
+_IN_PLACE_DTYPES = (torch.float32, torch.float64)
+
+
+def _is_vector(x: Any) -> bool:
+    """A 1-D tensor: per-parameter scalars held as one vector (hyperparameters are 0-d)."""
+    return isinstance(x, Tensor) and x.dim() == 1
 
 
 def _unbound(scalar: Any) -> Any:
@@ -181,15 +222,18 @@ def inside_functorch_transform() -> bool:
     return peek is not None and peek() is not None
 
 
-def eager_ops_for(*leaf_lists: Sequence[Any]) -> PureOps:
+def eager_ops_for(params: Sequence[Any], grads: Sequence[Any], *others: Sequence[Any]) -> PureOps:
     """The pure Ops for one update: :data:`FOREACH_PURE` eagerly, :data:`PURE` (per tensor) under
-    ``torch.compile``, inside functorch transforms (vmap, grad) and when anything requires grad
+    ``torch.compile``, inside functorch transforms (vmap, grad), when anything requires grad
     (autograd through the update), for sparse gradients and tensor subclasses (DTensor), and
-    when the first list (the parameters to update) is empty."""
-    if not leaf_lists[0] or torch.compiler.is_compiling() or inside_functorch_transform():
+    when there is nothing to update (``params`` empty). ``others``: hyperparameters, state."""
+    if not params or torch.compiler.is_compiling() or inside_functorch_transform():
         return PURE
-    for leaves in leaf_lists:
-        for x in leaves:
-            if isinstance(x, Tensor) and (x.requires_grad or x.is_sparse or type(x) is not Tensor):
-                return PURE
+    if any(type(x) is not Tensor or x.requires_grad for x in params):
+        return PURE
+    if any(x is not None and (type(x) is not Tensor or x.requires_grad or x.is_sparse) for x in grads):
+        return PURE
+    for leaves in others:
+        if any(isinstance(x, Tensor) and (x.requires_grad or type(x) is not Tensor) for x in leaves):
+            return PURE
     return FOREACH_PURE

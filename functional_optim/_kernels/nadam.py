@@ -49,9 +49,9 @@ def nadam_kernel(ops: Ops, params: list, grads: list, state: dict, hparams: Any,
                                            static.decoupled_weight_decay)
 
     t = ops.step_values(steps)
-    mus = [_momentum(beta1, ti * psi) for ti in t]
-    mu_nexts = [_momentum(beta1, e) for e in ops.next_step_times(t, psi)]
-    bias_correction2 = ops.realize([1 - beta2**ti for ti in t])
+    mus = ops.per_param(lambda ti: _momentum(beta1, ti * psi), t)
+    mu_nexts = ops.per_param(lambda e: _momentum(beta1, e), ops.next_step_times(t, psi))
+    bias_correction2 = ops.realize(ops.per_param(lambda ti: 1 - beta2**ti, t))
     mu_products = ops.mul_(state["mu_product"], mus)
 
     exp_avgs = ops.lerp_(exp_avgs, grads, 1 - beta1)
@@ -64,8 +64,9 @@ def nadam_kernel(ops: Ops, params: list, grads: list, state: dict, hparams: Any,
     # mu_product read like the steps (Python floats or float64), or used as is (torch's differentiable path)
     prods = mu_products if static.differentiable else ops.scalar_values(mu_products)
     step_lr = ops.step_size_lr(lr)
-    grad_step = ops.realize([(-step_lr * (1.0 - mu)) / (1.0 - p) for mu, p in zip(mus, prods)])
-    exp_avg_step = ops.realize([(-step_lr * mu_next) / (1.0 - p * mu_next) for mu_next, p in zip(mu_nexts, prods)])
+    grad_step = ops.realize(ops.per_param(lambda mu, p: (-step_lr * (1.0 - mu)) / (1.0 - p), mus, prods))
+    exp_avg_step = ops.realize(ops.per_param(lambda mu_next, p: (-step_lr * mu_next) / (1.0 - p * mu_next),
+                                             mu_nexts, prods))
     terms = [(grads, grad_step), (exp_avgs, exp_avg_step)]
     if static.differentiable or not ops.host_scalars:
         # torch's differentiable and capturable code keeps the step sizes as tensors

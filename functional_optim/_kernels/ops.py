@@ -51,7 +51,11 @@ def _full_value(t: Tensor) -> Tensor:
 
 
 def _nth(scalar: ScalarArg, i: int) -> Scalar:
-    return scalar[i] if isinstance(scalar, (list, tuple)) else scalar
+    """The ``i``-th parameter's value of a scalar argument: shared, or one per parameter (a list,
+    or a 1-D tensor: per-parameter scalars held as a vector; hyperparameters are always 0-d)."""
+    if isinstance(scalar, (list, tuple)) or (isinstance(scalar, Tensor) and scalar.dim() == 1):
+        return scalar[i]
+    return scalar
 
 
 class Ops:
