@@ -33,6 +33,7 @@ class Adam(FunctionalOptimizer):
     """
 
     cpu_default_foreach = True
+    cpu_step_device = "cpu"
     definition = ADAM
     fused_step = staticmethod(adam_fused_)
 

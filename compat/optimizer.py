@@ -55,6 +55,9 @@ class FunctionalOptimizer(Optimizer):
     #: the params and states where that holds, ``tests/test_cpu_default.py`` for the proof), the
     #: default (``foreach=None, fused=None``) runs it; ``param_groups`` still say ``foreach=None``.
     cpu_default_foreach: ClassVar[bool] = False
+    #: where a non-capturable ``step`` is created: ``None`` follows the default device (``torch.tensor``
+    #: without a device, as most torch classes do); torch.optim.Adam/AdamW name ``"cpu"``
+    cpu_step_device: ClassVar[Optional[str]] = None
     #: whether ``step`` may be captured (``capturable``) and where
     capturable_devices: ClassVar[Callable[[], list]] = staticmethod(lambda: _get_capturable_supported_devices())
 
@@ -72,10 +75,11 @@ class FunctionalOptimizer(Optimizer):
 
     # ------------------------------------------------------------------ state
     def _step_tensor(self, p: Tensor, group: dict) -> Tensor:
-        """torch's placement: on the param's device when capturable or fused, else a CPU scalar."""
+        """torch's placement: on the param's device when capturable or fused, else a CPU scalar
+        (on the default device, unless ``cpu_step_device`` names one as torch's class does)."""
         if group.get("capturable") or group.get("fused"):
             return torch.zeros((), dtype=_get_scalar_dtype(is_fused=group.get("fused")), device=p.device)
-        return torch.tensor(0.0, dtype=_get_scalar_dtype())
+        return torch.tensor(0.0, dtype=_get_scalar_dtype(), device=self.cpu_step_device)
 
     def _init_param_state(self, p: Tensor, group: dict) -> dict:
         if group.get("fused"):
