@@ -57,7 +57,10 @@ def to_functional(optimizer, params: Any) -> tuple[GradientTransformation, Any]:
     """The functional optimizer and state equivalent to ``optimizer`` for the leaves of ``params``.
 
     Tensors are copied (the two states never alias). Parameters the optimizer has not stepped yet
-    get a fresh state, exactly what the functional ``init`` would give.
+    get a fresh state, exactly what the functional ``init`` would give. ``params`` only says which
+    parameters (e.g. ``dict(model.named_parameters())``); continue the functional loop with
+    detached ones (``{k: p.detach() for k, p in params.items()}``), else every eager update is
+    recorded by autograd on top of the previous one (``functional_optim.AutogradChainWarning``).
     """
     definition = optimizer.definition
     leaves, spec, paths, groups = _groups_of(optimizer, params)
