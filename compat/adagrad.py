@@ -16,14 +16,14 @@ from functional_optim._kernels.adagrad import adagrad_fused_
 from functional_optim._kernels.ops import ForeachOps
 from functional_optim.adagrad import ADAGRAD, AdagradHParams, validate
 
-from .optimizer import FunctionalOptimizer, _by_device_and_dtype
+from .optimizer import TORCH_VERSION, FunctionalOptimizer, _by_device_and_dtype
 
 __all__ = ["Adagrad"]
 
 #: torch >= 2.12 runs Adagrad(fused=True) on CUDA too and lets GradScaler hand the fused step its
 #: grad_scale/found_inf (``_step_supports_amp_scaling``); torch 2.11 refuses CUDA there and lets
 #: GradScaler unscale the grads. As a drop-in, compat.Adagrad does what the installed torch does.
-_FUSED_ON_CUDA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 12)
+_FUSED_ON_CUDA = TORCH_VERSION >= (2, 12)
 
 
 class Adagrad(FunctionalOptimizer):

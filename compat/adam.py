@@ -10,7 +10,7 @@ from functional_optim import _validate
 from functional_optim._kernels.adam import adam_fused_
 from functional_optim.adam import ADAM
 
-from .optimizer import FunctionalOptimizer
+from .optimizer import TORCH_VERSION, FunctionalOptimizer
 
 __all__ = ["Adam", "AdamW"]
 
@@ -33,7 +33,7 @@ class Adam(FunctionalOptimizer):
     """
 
     cpu_default_foreach = True
-    cpu_step_device = "cpu"
+    cpu_step_device = "cpu" if TORCH_VERSION >= (2, 13) else None  # torch 2.13 names the CPU
     definition = ADAM
     fused_step = staticmethod(adam_fused_)
 

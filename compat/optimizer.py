@@ -40,6 +40,9 @@ from . import convert
 
 FusedStep = Callable[..., None]
 
+#: (major, minor) of the installed torch, for the few places where compat follows a version's behaviour
+TORCH_VERSION = tuple(int(x) for x in torch.__version__.split(".")[:2])
+
 #: param (and step) dtypes for which CPU foreach rounds as torch's for-loop (``_foreach_is_torch_loop``)
 _LOOP_EQUAL_FOREACH_DTYPES = (torch.float32, torch.float64)
 
