@@ -32,6 +32,12 @@ __all__ = ["ForeachPureOps", "FOREACH_PURE", "eager_ops_for", "inside_functorch_
 _REDUCED = (torch.float16, torch.bfloat16)
 
 
+def _one_device(xs: Sequence[Tensor]) -> bool:
+    """Whether every tensor of ``xs`` is on the first one's device (so they can be stacked)."""
+    device = xs[0].device
+    return all(x.device == device for x in xs)
+
+
 def _one_dtype(xs: Sequence[Tensor]) -> torch.dtype | None:
     """The dtype shared by every tensor of ``xs``, or ``None`` if they differ."""
     dtype = xs[0].dtype
@@ -44,7 +50,7 @@ class ForeachPureOps(PureOps):
     # ------------------------------------------------------------------ scalars
     def per_param(self, fn: Callable[..., Any], *values: Any) -> Any:
         """``fn`` applied to each parameter's scalars, computed once over the stacked vectors."""
-        if all(_is_vector(v) or (v and all(isinstance(x, Tensor) for x in v)) for v in values):
+        if all(_is_vector(v) or (v and all(isinstance(x, Tensor) for x in v) and _one_device(v)) for v in values):
             return fn(*(v if _is_vector(v) else torch.stack(list(v)).to(torch.float64) for v in values))
         return super().per_param(fn, *(_unbound(v) for v in values))
 
@@ -71,7 +77,7 @@ class ForeachPureOps(PureOps):
             else:
                 dtype = _one_dtype(xs)
                 if dtype is not None:
-                    return list(scalar.to(dtype).unbind())
+                    return list(scalar.to(device=xs[0].device, dtype=dtype).unbind())
                 scalar = list(scalar.unbind())
         if isinstance(scalar, (list, tuple)):
             if scalar and isinstance(scalar[0], Tensor):
@@ -81,10 +87,12 @@ class ForeachPureOps(PureOps):
 
     def step_values(self, steps: Sequence[Tensor]) -> Any:
         """The step counts as one float64 vector (``per_param`` does its math on it)."""
-        return torch.stack(list(steps)).to(torch.float64) if len(steps) > 1 else super().step_values(steps)
+        return self.scalar_values(steps)
 
     def scalar_values(self, scalars: Sequence[Tensor]) -> Any:
-        return torch.stack(list(scalars)).to(torch.float64) if len(scalars) > 1 else super().scalar_values(scalars)
+        if len(scalars) > 1 and _one_device(scalars):
+            return torch.stack(list(scalars)).to(torch.float64)
+        return super().scalar_values(scalars)
 
     def realize(self, scalars):
         return scalars
@@ -229,8 +237,8 @@ def eager_ops_for(params: Sequence[Any], grads: Sequence[Any], *others: Sequence
     when there is nothing to update (``params`` empty). ``others``: hyperparameters, state."""
     if not params or torch.compiler.is_compiling() or inside_functorch_transform():
         return PURE
-    if any(type(x) is not Tensor or x.requires_grad for x in params):
-        return PURE
+    if any(type(x) is not Tensor or x.requires_grad for x in params) or not _one_device(params):
+        return PURE  # (per-parameter scalar vectors live on the parameters' one device)
     if any(x is not None and (type(x) is not Tensor or x.requires_grad or x.is_sparse) for x in grads):
         return PURE
     for leaves in others:
