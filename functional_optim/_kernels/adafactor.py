@@ -40,8 +40,10 @@ from .ops import Ops, Scalar, _as_dtype_of, nonzero
 def adafactor_kernel(ops: Ops, params: list, grads: list, state: dict, hparams: Any, static: Any):
     """One Adafactor step; returns ``(params, state)`` (the same tensors when ``ops`` is in place)."""
     lr, beta2_decay, weight_decay, d = hparams.lr, hparams.beta2_decay, hparams.weight_decay, hparams.d
+    if not params:  # every gradient was None: nothing to do (and no dtype to resolve eps1 from)
+        return params, dict(state)
     eps1, eps2 = hparams.eps
-    if eps1 is None and params:
+    if eps1 is None:
         eps1 = torch.finfo(params[0].dtype).eps
 
     steps = ops.increment_(state["step"])
@@ -63,19 +65,21 @@ def adafactor_kernel(ops: Ops, params: list, grads: list, state: dict, hparams: 
         g, w = _pick(grads, factored), _pick(one_minus_beta2, factored)
         row_vars = ops.lerp_(_pick(state["row_var"], factored), _mean_squares(ops, g, -1), w)
         col_vars = ops.lerp_(_pick(state["col_var"], factored), _mean_squares(ops, g, -2), w)
-        for i, r, c in zip(factored, row_vars, col_vars):
-            var_estimates[i] = (r @ c) / _clamp_min(r.mean(dim=-2, keepdim=True), eps1)
+        outer = [r @ c for r, c in zip(row_vars, col_vars)]  # new tensors: the kernel's to overwrite
+        row_means = [_clamp_min(r.mean(dim=-2, keepdim=True), eps1) for r in row_vars]
+        for i, v in zip(factored, ops.div_tensors_(outer, row_means)):
+            var_estimates[i] = v
         new_state["row_var"] = _scatter(state["row_var"], factored, row_vars)
         new_state["col_var"] = _scatter(state["col_var"], factored, col_vars)
     unfactored = [i for i, g in enumerate(grads) if g.dim() <= 1]
     if unfactored:
         g, w = _pick(grads, unfactored), _pick(one_minus_beta2, unfactored)
         variances = ops.lerp_(_pick(state["variance"], unfactored), ops.square(g), w)
-        for i, v in zip(unfactored, variances):
+        for i, v in zip(unfactored, ops.writable(variances)):  # torch clones the variance here
             var_estimates[i] = v
         new_state["variance"] = _scatter(state["variance"], unfactored, variances)
 
-    updates = ops.mul_tensors_([torch.rsqrt(_clamp_min(v, eps1 * eps1)) for v in var_estimates], grads)
+    updates = ops.mul_tensors_(ops.rsqrt_at_least_(var_estimates, eps1 * eps1), grads)
     update_norms = ops.scalar_values([u.norm(2) for u in updates])
     scales = [-a / _at_least(n / (u.numel() ** 0.5 * d), 1.0) for a, n, u in zip(alphas, update_norms, updates)]
     params = ops.scale_and_add_(params, updates, scales, scratch=True)

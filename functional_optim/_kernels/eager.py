@@ -190,6 +190,11 @@ class ForeachPureOps(PureOps):
     def sub(self, xs, others):
         return _Fresh(torch._foreach_sub(xs, others))
 
+    def rsqrt_at_least_(self, xs, bound: Scalar):
+        if isinstance(bound, Tensor):
+            return _Fresh(super().rsqrt_at_least_(xs, bound))
+        return self._foreach("rsqrt", self._foreach("clamp_min", xs, bound))
+
 
 class _Fresh(list):
     """A list of tensors made by this update (see ``ForeachPureOps._foreach``)."""

@@ -228,6 +228,16 @@ class Ops:
     def clone(self, xs):
         return [x.clone() for x in xs]
 
+    def writable(self, xs):
+        """``xs`` as tensors the kernel may then update in place: copies (torch's ``.clone()``),
+        except in :class:`PureOps`, which never writes and hands them back as they are."""
+        return self.clone(xs)
+
+    def rsqrt_at_least_(self, xs, bound: Scalar):
+        """``1 / sqrt(max(x, bound))`` (Adafactor's update scale), in place where the Ops write in
+        place: callers pass their own temporaries (see :meth:`writable`)."""
+        return [torch.rsqrt(torch.clamp(x, min=_as_dtype_of(bound, x))) for x in xs]
+
 
 def _add(x: Tensor, other, alpha: Scalar) -> Tensor:
     if isinstance(alpha, Tensor):
@@ -316,6 +326,9 @@ class PureOps(Ops):
 
     def maximum_(self, xs, others):
         return [torch.maximum(x, o) for x, o in zip(xs, others)]
+
+    def writable(self, xs):
+        return xs  # nothing is ever written in place here
 
     def sqrt_(self, xs):
         return self.sqrt(xs)
@@ -423,6 +436,11 @@ class LoopOps(Ops):
         else:
             for x, o in zip(xs, others):
                 torch.maximum(x, o, out=x)
+        return xs
+
+    def rsqrt_at_least_(self, xs, bound: Scalar):
+        for x in xs:
+            x.clamp_(min=bound).rsqrt_()
         return xs
 
     def sqrt_(self, xs):
@@ -567,6 +585,13 @@ class ForeachOps(Ops):
 
     def maximum_(self, xs, others):
         torch._foreach_maximum_(xs, others)
+        return xs
+
+    def rsqrt_at_least_(self, xs, bound: Scalar):
+        if isinstance(bound, Tensor):
+            return super().rsqrt_at_least_(xs, bound)
+        torch._foreach_clamp_min_(xs, bound)
+        torch._foreach_rsqrt_(xs)
         return xs
 
     def sqrt_(self, xs):
