@@ -8,8 +8,9 @@ from .adadelta import Adadelta
 from .adafactor import Adafactor
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
+from .muon import Muon
 from .nadam import NAdam
 from .optimizer import FunctionalOptimizer
 from .transformation import TransformationOptimizer
 
-__all__ = ["Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "NAdam", "FunctionalOptimizer", "TransformationOptimizer"]
+__all__ = ["Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "NAdam", "Muon", "FunctionalOptimizer", "TransformationOptimizer"]

@@ -9,6 +9,7 @@ from .adagrad import AdagradHParams, AdagradState, AdagradStatic, adagrad
 from .adadelta import AdadeltaHParams, AdadeltaState, AdadeltaStatic, adadelta
 from .adam import AdamHParams, AdamState, AdamStatic, adam, adamw
 from .nadam import NAdamHParams, NAdamState, NAdamStatic, nadam
+from .muon import MuonHParams, MuonState, MuonStatic, muon, newton_schulz
 from . import schedules
 from .accumulate import MultiSteps, MultiStepsState
 from .base import GradientTransformation, apply_updates
@@ -90,6 +91,11 @@ __all__ = [
     "NAdamHParams",
     "NAdamState",
     "NAdamStatic",
+    "muon",
+    "MuonHParams",
+    "MuonState",
+    "MuonStatic",
+    "newton_schulz",
     "adafactor",
     "AdafactorHParams",
     "AdafactorState",
