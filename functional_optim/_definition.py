@@ -21,7 +21,8 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
-from ._kernels.eager import eager_ops_for
+from ._kernels.eager import FOREACH_PURE, eager_ops_for
+from ._kernels.grouped import step_lists
 from ._kernels.ops import Ops
 from .base import GradientTransformation
 from ._autograd import warn_if_chaining_graphs
@@ -52,6 +53,10 @@ class OptimizerDefinition:
     slot_shapes: Optional[Callable[[torch.Size, Any], dict]] = None
     #: per-parameter 0-d slots kept in their own float dtype, like ``step`` (NAdam's ``mu_product``)
     scalar_slots: tuple[str, ...] = ()
+    #: the step is elementwise given the per-parameter scalars (no reduction over, or use of, a
+    #: parameter's shape), so parameters sharing those scalars may be stepped as one flat buffer
+    #: (:mod:`functional_optim._kernels.grouped`)
+    elementwise: bool = False
 
     @property
     def slots(self) -> tuple[str, ...]:
@@ -87,7 +92,7 @@ def run_kernel(definition: OptimizerDefinition, ops: Ops, params: list, grads: l
     complex values directly.
     """
     if not any(torch.is_complex(p) for p in params):  # the common case: nothing to view
-        new_params, new_state = definition.kernel(ops, list(params), list(grads), dict(state), hparams, static)
+        new_params, new_state = definition.kernel(ops, ops.base(list(params)), list(grads), dict(state), hparams, static)
         return new_params, {k: new_state.get(k, v) for k, v in state.items()}
     dense = [not (isinstance(g, Tensor) and g.is_sparse) for g in grads]
     as_real = lambda ts: [_as_real(t) if d else t for t, d in zip(ts, dense)]  # noqa: E731
@@ -233,12 +238,12 @@ def make_transformation(definition: OptimizerDefinition, hparams: Any, static: A
         sub_state = {name: [leaves[i] for i in active] for name, leaves in fields.items()}
         active_params = [p_leaves[i] for i in active]
         ops = eager_ops_for(active_params, g_leaves, flatten(hp)[0], *sub_state.values())
-        new_p, new_state = run_kernel(
-            definition, ops, active_params, [g_leaves[i] for i in active], sub_state, hp, static
-        )
+        new_updates, new_state = step_lists(definition, ops, run_kernel, active_params,
+                                            [g_leaves[i] for i in active], sub_state, hp, static,
+                                            flat=ops is FOREACH_PURE)
 
         update_leaves: list = [None] * len(p_leaves)
-        for i, u in zip(active, ops.sub(new_p, active_params) if active else []):
+        for i, u in zip(active, new_updates if active else []):
             update_leaves[i] = u
         for name, leaves in fields.items():
             leaves = list(leaves)

@@ -60,6 +60,7 @@ def _check_grad(grad: Tensor, hparams, static) -> None:
 
 ADADELTA = OptimizerDefinition(
     name="adadelta",
+    elementwise=True,
     hparams_type=AdadeltaHParams,
     static_type=AdadeltaStatic,
     state_type=AdadeltaState,

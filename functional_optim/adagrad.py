@@ -58,6 +58,7 @@ def _check_grad(grad: Tensor, hparams: AdagradHParams, static: AdagradStatic) ->
 
 ADAGRAD = OptimizerDefinition(
     name="adagrad",
+    elementwise=True,
     hparams_type=AdagradHParams,
     static_type=AdagradStatic,
     state_type=AdagradState,

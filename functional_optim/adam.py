@@ -63,6 +63,7 @@ def _check_grad(grad: Tensor, hparams, static) -> None:
 
 ADAM = OptimizerDefinition(
     name="adam",
+    elementwise=True,
     hparams_type=AdamHParams,
     static_type=AdamStatic,
     state_type=AdamState,

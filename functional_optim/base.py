@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
 
-from ._kernels.eager import eager_ops_for
+from ._kernels.eager import FOREACH_PURE, eager_ops_for
+from ._kernels.grouped import add_lists
 from .tree import flatten_like, flatten_plain, unflatten
 
 Params = Any
@@ -48,6 +49,9 @@ def apply_updates(params: Params, updates: Updates) -> Params:
     active = [i for i, u in enumerate(u_leaves) if u is not None]
     olds, deltas = [p_leaves[i] for i in active], [u_leaves[i] for i in active]
     out = list(p_leaves)
-    for i, new in zip(active, eager_ops_for(olds, deltas).add(olds, deltas) if active else []):
+    ops = eager_ops_for(olds, deltas)
+    sums = ([] if not active else add_lists(olds, deltas, ops.add) if ops is FOREACH_PURE
+            else ops.add(olds, deltas))
+    for i, new in zip(active, sums):
         out[i] = new if new.dtype == p_leaves[i].dtype else new.to(p_leaves[i].dtype)
     return unflatten(spec, out)

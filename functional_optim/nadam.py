@@ -69,6 +69,7 @@ def _check_grad(grad: Tensor, hparams, static) -> None:
 
 NADAM = OptimizerDefinition(
     name="nadam",
+    elementwise=True,
     hparams_type=NAdamHParams,
     static_type=NAdamStatic,
     state_type=NAdamState,

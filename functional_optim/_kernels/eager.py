@@ -12,6 +12,16 @@ one Python call per tensor), and takes per-parameter scalars as one float64 vect
 (:meth:`per_param` does the scalar math once per list, not once per parameter), cast once per
 dtype and split into 0-d views. Nothing is mutated, so the update stays pure.
 
+The step's final update is computed as the update itself. The kernel receives the params
+marked as :class:`_Base`; the first update op on them (``addcdiv_``, ``add_``: Adam's, Adagrad's
+and Adadelta's last line) returns a :class:`_Delta` holding ``v * n / d`` (or ``alpha * o``)
+instead of ``p + v * n / d``, which :meth:`ForeachPureOps.updates` hands out as the updates. That
+saves the ``new - params`` pass and one allocation per parameter, and it rounds as torch's
+in-place step: ``addcdiv`` computes ``(v * n) / d`` and adds it, so ``apply_updates``' ``p + u``
+is torch's result bit for bit (``new - params`` is exact only where the two are within a factor
+of two). A :class:`_Delta` is not a list, so a kernel cannot read it as parameters by mistake; an
+operation handed one (NAdam's second ``addcdiv_``) adds it to its base first.
+
 It is chosen only where it computes what :class:`PureOps` computes and nothing needs the
 per-tensor form: eagerly, outside functorch transforms, with no input that requires grad (see
 :func:`eager_ops_for`). Results agree with :class:`PureOps` to rounding: a few operations are
@@ -97,6 +107,20 @@ class ForeachPureOps(PureOps):
     def realize(self, scalars):
         return scalars
 
+    # ------------------------------------------------------------------ the final update
+    def base(self, params: list) -> list:
+        return _Base(params)
+
+    def updates(self, new_params, params: list) -> list:
+        if type(new_params) is _Delta:
+            return list(new_params.delta)
+        return self.sub(new_params, params)
+
+    def _delta_of(self, xs) -> bool:
+        """Whether an update op on ``xs`` may return the update alone: ``xs`` are the caller's
+        params, in one float32/float64 dtype (half types round ``p + u`` once in float32)."""
+        return type(xs) is _Base and bool(xs) and _one_dtype(xs) in _IN_PLACE_DTYPES
+
     # ------------------------------------------------------------------ list math
     # Every list an operation returns is a :class:`_Fresh` list of tensors this update made. An
     # "underscore" operation may update such a list in place (the kernels are written for the
@@ -126,6 +150,10 @@ class ForeachPureOps(PureOps):
     def add_(self, xs, other, alpha: ScalarArg = 1):
         if isinstance(other, (list, tuple)) and any(isinstance(o, Tensor) and o.dim() > 0 for o in other):
             alpha = self._scalars(alpha, xs)
+            if self._delta_of(xs):  # the update itself: alpha * other
+                if isinstance(alpha, (int, float)) and alpha == 1:
+                    return _Delta(xs, other if type(other) is _Fresh else _Fresh(x.clone() for x in other))
+                return _Delta(xs, _Fresh(torch._foreach_mul(other, alpha)))
             if isinstance(alpha, list):
                 return self._foreach("add", xs, torch._foreach_mul(other, alpha))
             return self._foreach("add", xs, other, alpha=alpha)  # tensors (a 0-d param's among them)
@@ -180,7 +208,14 @@ class ForeachPureOps(PureOps):
 
     def addcdiv_(self, xs, t1s, t2s, value: ScalarArg = 1):
         value = self._scalars(value, xs)
-        if isinstance(value, list) and value and isinstance(value[0], Tensor):
+        tensor_values = isinstance(value, list) and value and isinstance(value[0], Tensor)
+        if self._delta_of(xs):
+            # the update itself, rounded as the sum below computes it: v * (n / d) for tensor
+            # values (PureOps' order), (v * n) / d for numbers (torch's addcdiv kernel)
+            if tensor_values:
+                return _Delta(xs, self._foreach("mul", _Fresh(torch._foreach_div(t1s, t2s)), value))
+            return _Delta(xs, self._foreach("div", _Fresh(torch._foreach_mul(t1s, value)), t2s))
+        if tensor_values:
             return self._foreach("add", xs, torch._foreach_mul(torch._foreach_div(t1s, t2s), value))
         return self._foreach("addcdiv", xs, t1s, t2s, value)
 
@@ -198,6 +233,48 @@ class ForeachPureOps(PureOps):
 
 class _Fresh(list):
     """A list of tensors made by this update (see ``ForeachPureOps._foreach``)."""
+
+
+class _Base(list):
+    """The caller's parameters as the kernel receives them (see the module docstring)."""
+
+
+class _Delta:
+    """The parameters after an update op on :class:`_Base` params, held as ``base + delta``.
+
+    Deliberately not a list: the kernel may only return it or hand it to another operation,
+    which materializes it first (:func:`_materializing`)."""
+
+    __slots__ = ("base", "delta")
+
+    def __init__(self, base: _Base, delta: _Fresh) -> None:
+        self.base, self.delta = base, delta
+
+    def materialize(self) -> _Fresh:
+        """``base + delta`` as new tensors (the delta's own buffers are reused)."""
+        torch._foreach_add_(self.delta, self.base)
+        return self.delta
+
+
+def _materializing(method: Callable) -> Callable:
+    """``method`` with every :class:`_Delta` argument turned into the parameters it stands for."""
+
+    def wrapper(self, *args, **kwargs):
+        if any(type(a) is _Delta for a in args):
+            args = tuple(a.materialize() if type(a) is _Delta else a for a in args)
+        return method(self, *args, **kwargs)
+
+    wrapper.__name__, wrapper.__doc__, wrapper.__wrapped__ = method.__name__, method.__doc__, method
+    return wrapper
+
+
+def _materialize_deltas_in(cls: type) -> type:
+    """Wrap every list operation ``cls`` (and the Ops it inherits from) offers with :func:`_materializing`."""
+    names = {name for klass in cls.__mro__ for name, member in vars(klass).items()
+             if callable(member) and not name.startswith("_") and name not in ("updates", "base")}
+    for name in names:
+        setattr(cls, name, _materializing(getattr(cls, name)))
+    return cls
 
 
 _IN_PLACE_DTYPES = (torch.float32, torch.float64)
@@ -226,6 +303,7 @@ def _as_lists(n: int, *scalars: Any) -> list:
     return out
 
 
+_materialize_deltas_in(ForeachPureOps)
 FOREACH_PURE = ForeachPureOps()
 
 
@@ -250,3 +328,4 @@ def eager_ops_for(params: Sequence[Any], grads: Sequence[Any], *others: Sequence
         if any(isinstance(x, Tensor) and (x.requires_grad or type(x) is not Tensor) for x in leaves):
             return PURE
     return FOREACH_PURE
+

@@ -104,6 +104,16 @@ class Ops:
         one = torch.ones((1, 1), dtype=stacked.dtype, device=stacked.device)
         return list(torch.mm(stacked.reshape(-1, 1), one).reshape(stacked.shape).unbind())
 
+    def base(self, params: list) -> list:
+        """The parameters as the kernel receives them. :class:`~functional_optim._kernels.eager.
+        ForeachPureOps` marks them so that the step's final update yields ``new - params``
+        directly (see :meth:`updates`); everywhere else they are passed as they are."""
+        return params
+
+    def updates(self, new_params, params: list) -> list:
+        """``new_params - params``: the updates a pure step returns (see :meth:`base`)."""
+        return self.sub(new_params, params)
+
     def signed_and_decayed(self, params, grads, maximize: bool, lr: Scalar, weight_decay: Scalar,
                            decoupled: bool):
         """The common opening of Adam-style steps: ``g <- -g`` if ``maximize``, then weight decay,
@@ -237,6 +247,97 @@ class Ops:
         """``1 / sqrt(max(x, bound))`` (Adafactor's update scale), in place where the Ops write in
         place: callers pass their own temporaries (see :meth:`writable`)."""
         return [torch.rsqrt(torch.clamp(x, min=_as_dtype_of(bound, x))) for x in xs]
+
+    # RAdam, Adamax, ASGD, Rprop -------------------------------------------------------
+    # List operations (out of place unless the name ends in ``_``), then the updates whose order
+    # differs between torch's for-loop and foreach code. The defaults below are the pure path's
+    # (per tensor, no host synchronisation); LoopOps and ForeachOps override them with torch's.
+
+    def abs(self, xs):
+        """``|x|`` as new tensors (Adamax's infinity norm)."""
+        return [torch.abs(x) for x in xs]
+
+    def sign(self, xs):
+        """``sign(x)`` as new tensors (Rprop)."""
+        return [torch.sign(x) for x in xs]
+
+    def mul(self, xs, other):
+        """``x * o`` as new tensors; ``other`` is a list of tensors or a scalar argument. A tensor
+        scalar is used as it is (torch multiplies by a 0-d tensor without rounding it to ``x``'s
+        dtype first)."""
+        return [x * _nth(other, i) for i, x in enumerate(xs)]
+
+    def sub(self, xs, others):
+        """``x - o`` as new tensors."""
+        return [x - o for x, o in zip(xs, others)]
+
+    def clamp_(self, xs, low: Scalar, high: Scalar):
+        """``min(max(x, low), high)`` (Rprop's step sizes), in place where the Ops write in place."""
+        return [torch.clamp(x, low, high) for x in xs]
+
+    def copy_(self, dsts, srcs):
+        """``srcs`` (tensors, or one number or 0-d tensor per destination) written into ``dsts``, in
+        place where the Ops write in place; here new tensors with the destinations' dtypes and devices."""
+        out = []
+        for i, d in enumerate(dsts):
+            s = _nth(srcs, i)
+            out.append(s.to(device=d.device, dtype=d.dtype) if isinstance(s, Tensor)
+                       else torch.as_tensor(s, dtype=d.dtype, device=d.device))
+        return out
+
+    def rectified_update_(self, xs, exp_avgs, exp_avg_sqs, eps: Scalar, lr: Scalar, bias_corrections1: ScalarArg,
+                          bias_corrections2: ScalarArg, rects: ScalarArg):
+        """RAdam's update ``x - lr / b1 * m * (r sqrt(b2) / (sqrt(v) + eps) if r > 0 else 1)``.
+
+        ``b1``, ``b2`` are the bias corrections ``1 - beta^t`` and ``r`` the variance rectification
+        (0 where torch's ``rho_t <= 5`` skips it), one per tensor. The default is torch's capturable
+        for-loop formula out of place (``torch.where`` picks the branch, no host synchronisation).
+        :class:`LoopOps` follows torch's for-loop (a Python branch per tensor for host scalars,
+        ``torch.where`` for tensor ones), :class:`ForeachOps` torch's foreach code, which folds
+        both branches into one per-element factor ``1 / ((sqrt(v) + eps) / s_r) + s_u``.
+        """
+        out = []
+        for i, (x, m, v) in enumerate(zip(xs, exp_avgs, exp_avg_sqs)):
+            r, bc1, bc2 = _nth(rects, i), _nth(bias_corrections1, i), _nth(bias_corrections2, i)
+            corrected = m * _as_dtype_of(lr / bc1, m)
+            if not isinstance(r, Tensor):
+                r = torch.as_tensor(r, dtype=torch.float64, device=x.device)
+            adaptive = _as_dtype_of(r * bc2**0.5, v) / (torch.sqrt(v) + _as_dtype_of(eps, v))
+            out.append(x - corrected * torch.where(r > 0, adaptive, 1.0))
+        return out
+
+    def decay_and_add_(self, xs, others, decay: Scalar, step_sizes):
+        """``x - s (o + decay x)``, ``s`` one 0-d tensor per tensor (ASGD: ``decay = lambd``, ``s`` its
+        ``eta``), computed as ``x (1 - decay s) - s o`` (torch's for-loop; ``s`` read as
+        :meth:`scalar_values` reads it). :class:`LoopOps` with tensor scalars ends with
+        ``addcmul_(o, s, value=-1)``, :class:`ForeachOps` computes ``x - s (o + decay x)``, as
+        torch's capturable for-loop and its foreach code do."""
+        sizes = self.scalar_values(step_sizes)
+        xs = self.mul_(xs, self.per_param(lambda s: 1 - decay * s, sizes))
+        return self.add_(xs, others, alpha=self.per_param(lambda s: -s, sizes))
+
+    def average_(self, axs, xs, weights):
+        """``a + w (x - a)``, ``w`` one 0-d tensor per tensor (ASGD's running average ``ax`` with
+        weight ``mu``); ``w == 1`` gives ``x`` itself, as torch's for-loop copies it then. Here
+        ``torch.where`` decides (no host synchronisation); :class:`LoopOps` with host scalars reads
+        ``w`` (``.item()``), :class:`ForeachOps` always adds ``(x - a) w`` (``addcmul_``), as torch's
+        implementations do."""
+        return [torch.where(w == 1, x, a + (x - a) * w) for a, x, w in zip(axs, xs, weights)]
+
+    def power_schedule(self, steps: Sequence[Tensor], lr: Scalar, decay: Scalar, power: Scalar):
+        """``lr / (1 + decay lr t)^power`` from each step count ``t`` (ASGD's ``eta``), ``t`` read
+        by :meth:`step_values`. :class:`ForeachOps` computes it from the step tensors themselves
+        (in their dtype; capturable: ``lr * 1 / (t decay lr + 1)^power``), as torch's foreach
+        ASGD does."""
+        return self.per_param(lambda t: lr / ((1 + decay * lr * t) ** power), self.step_values(steps))
+
+
+def _radam_adaptive_lr(v: Tensor, bias_correction2: Scalar, eps: Scalar) -> Tensor:
+    """``sqrt(b2) / (sqrt(v) + eps)`` as torch's for-loop RAdam computes it (``eps`` added out of
+    place under autograd, where ``sqrt``'s output is saved for backward)."""
+    root = v.sqrt()
+    root = root.add(eps) if torch.is_grad_enabled() else root.add_(eps)
+    return (bias_correction2**0.5) / root
 
 
 def _add(x: Tensor, other, alpha: Scalar) -> Tensor:

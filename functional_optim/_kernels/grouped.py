@@ -1,0 +1,191 @@
+"""Small CPU tensors stepped as one flat buffer (the eager functional update).
+
+On the CPU every ``torch._foreach_*`` op is a loop that dispatches one ATen kernel per tensor
+(~2 µs each), so on many small tensors an optimizer step costs ``tensors x operations`` dispatches
+whatever the sizes: Adam on 1000 tensors of 2048 and 512 elements spent nearly all of its time
+there. An elementwise optimizer computes the same numbers whether a parameter is stepped alone or
+as a slice of a larger buffer, as long as every per-parameter scalar of the slice is the same. So
+:func:`step_lists` lays small parameters out as one flat buffer per group of parameters that share
+their dtype *and* the values of their per-parameter scalar slots (the ``step`` counters, NAdam's
+``mu_product``; read on the host, as torch's CPU step reads them): the kernel then runs on one
+tensor per group, its per-parameter scalars are one number, and the results are handed back as
+views of the group's new buffers, in the parameters' shapes.
+
+Flattening copies (``torch.cat``) what is not already laid out flat: the gradients, and on the
+first step the params and state. The state and updates this path returns are consecutive views
+of one buffer, in the order :func:`step_lists` lays them out again, so from the second step on
+the state is re-flattened without a copy (:func:`_flat`).
+
+Only for definitions marked ``elementwise`` (no per-tensor reductions or shapes in the math),
+dense real contiguous tensors of at most :data:`SMALL_NUMEL` elements, groups of at least
+:data:`MIN_GROUP` parameters. Everything else runs per tensor, as before.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["step_lists", "add_lists", "flat_view", "SMALL_NUMEL", "MIN_GROUP"]
+
+#: parameters with at most this many elements are stepped as part of a flat buffer
+SMALL_NUMEL = 1 << 16
+#: fewer small parameters than this in a group are stepped one by one (nothing to gain)
+MIN_GROUP = 8
+
+_FLAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _flat(tensors: Sequence[Tensor]) -> Tensor:
+    """The tensors' elements as one 1-D tensor: a view when they already lie one after another in
+    one storage (the buffers this module hands out), else a copy."""
+    view = flat_view(tensors)
+    return view if view is not None else torch._C._nn.flatten_dense_tensors(list(tensors))
+
+
+def flat_view(tensors: Sequence[Tensor]) -> Tensor | None:
+    """A 1-D view of the tensors' elements if they lie one after another in one storage, else None.
+
+    Adjacent addresses alone could span two allocations that happen to touch: the view is taken
+    only if the whole run lies inside the first tensor's storage."""
+    first = tensors[0]
+    itemsize, address = first.element_size(), first.data_ptr()
+    total = 0
+    for t in tensors:
+        if t.data_ptr() != address + total * itemsize or not t.is_contiguous():
+            return None
+        total += t.numel()
+    offset = first.storage_offset()
+    if (offset + total) * itemsize > first.untyped_storage().nbytes():
+        return None
+    return first.as_strided((total,), (1,), offset)
+
+
+def _unflat(flat: Tensor, like: list) -> list:
+    """``flat`` cut into views shaped like the tensors ``like``, in order."""
+    return list(torch._C._nn.unflatten_dense_tensors(flat, like))
+
+
+def _eligible(definition: Any, params: list, grads: list, state: dict) -> list:
+    """Indices of the parameters that may be stepped inside a flat buffer: small, dense, real,
+    contiguous CPU tensors whose gradient and full-size state slots are contiguous too."""
+    slots = [state[s] for s in definition.slots if s not in definition.scalar_slots]
+    out = []
+    for i, (p, g) in enumerate(zip(params, grads)):
+        if (0 < p.numel() <= SMALL_NUMEL and p.dtype in _FLAT_DTYPES and p.is_cpu and p.is_contiguous()
+                and type(g) is Tensor and g.layout == torch.strided and g.dtype == p.dtype and g.is_contiguous()):
+            for s in slots:
+                if s[i] is not None and not s[i].is_contiguous():
+                    break
+            else:
+                out.append(i)
+    return out
+
+
+def _groups(definition: Any, params: list, state: dict, candidates: list) -> list:
+    """The candidates grouped by (dtype, the values of every scalar slot, which slots are present),
+    in their order; groups smaller than :data:`MIN_GROUP` are dropped."""
+    scalar_names = ["step", *definition.scalar_slots]
+    values = [torch.stack([state[n][i] for i in candidates]).tolist() for n in scalar_names]
+    full = [state[s] for s in definition.slots if s not in definition.scalar_slots]
+    groups: dict = {}
+    for j, i in enumerate(candidates):
+        key = (params[i].dtype, *(v[j] for v in values), *(s[i] is None for s in full))
+        groups.setdefault(key, []).append(i)
+    return [g for g in groups.values() if len(g) >= MIN_GROUP]
+
+
+def _run_group(definition, ops, run_kernel, members: list, params, grads, state, hparams, static):
+    """Step ``members`` as one flat buffer; returns (updates, {slot: new values}) per member."""
+    member_params = [params[i] for i in members]
+    scalars = {"step", *definition.scalar_slots}
+    flat_state = {}
+    for name, leaves in state.items():
+        first = leaves[members[0]]
+        if name in scalars or first is None:
+            flat_state[name] = [first]  # the group shares these values (see _groups)
+        else:
+            flat_state[name] = [_flat([leaves[i] for i in members])]
+    flat_params = [_flat(member_params)]
+    new_params, new_state = run_kernel(definition, ops, flat_params, [_flat([grads[i] for i in members])],
+                                       flat_state, hparams, static)
+    updates = _unflat(ops.updates(new_params, flat_params)[0], member_params)
+    n = len(members)
+    out_state = {}
+    for name, (value,) in new_state.items():
+        if value is None:
+            out_state[name] = [None] * n
+        elif name in scalars:
+            out_state[name] = list(value.expand(n).clone().unbind())  # one 0-d tensor per member
+        else:
+            out_state[name] = _unflat(value, member_params)
+    return updates, out_state
+
+
+def add_lists(params: list, updates: list, add) -> list:
+    """``params + updates`` (``add``: the list addition to use), with every run of at least
+    :data:`MIN_GROUP` updates that lie one after another in one buffer (as :func:`step_lists`
+    returns them) added as one flat tensor; the sums of such a run are again one buffer."""
+    runs, start = [], 0
+    for end in range(1, len(updates) + 1):
+        if end == len(updates) or not _continues(updates[end - 1], updates[end], params[end - 1], params[end]):
+            runs.append((start, end))
+            start = end
+    out: list = []
+    for start, end in runs:
+        olds, deltas = params[start:end], updates[start:end]
+        flat_delta = flat_view(deltas) if end - start >= MIN_GROUP else None
+        if flat_delta is None:
+            out.extend(add(olds, deltas))
+        else:
+            out.extend(_unflat(add([_flat(olds)], [flat_delta])[0], olds))
+    return out
+
+
+def _continues(update: Tensor, next_update: Tensor, param: Tensor, next_param: Tensor) -> bool:
+    """Whether ``next_update`` starts where ``update`` ends in memory, both updates having their
+    parameter's dtype (a wider update is cast back per tensor)."""
+    return (type(update) is Tensor and type(next_update) is Tensor
+            and update.dtype == param.dtype == next_update.dtype == next_param.dtype
+            and next_update.data_ptr() == update.data_ptr() + update.numel() * update.element_size())
+
+
+def step_lists(definition: Any, ops: Any, run_kernel, params: list, grads: list, state: dict,
+               hparams: Any, static: Any, flat: bool) -> tuple[list, dict]:
+    """One step of ``definition`` on lists: ``(updates, new state lists)``.
+
+    ``flat``: whether small parameters may be stepped as flat buffers (eager, CPU, foreach pure
+    ops); otherwise one ``run_kernel`` over the lists, as in-place Ops run it.
+    """
+    groups = []
+    if flat and getattr(definition, "elementwise", False) and len(params) >= MIN_GROUP:
+        candidates = _eligible(definition, params, grads, state)
+        if len(candidates) >= MIN_GROUP:
+            groups = _groups(definition, params, state, candidates)
+    if not groups:
+        new_params, new_state = run_kernel(definition, ops, params, grads, state, hparams, static)
+        return list(ops.updates(new_params, params)), new_state
+    updates: list = [None] * len(params)
+    new_state = {name: list(leaves) for name, leaves in state.items()}
+    grouped = set()
+    for members in groups:
+        group_updates, group_state = _run_group(definition, ops, run_kernel, members, params, grads, state,
+                                                hparams, static)
+        for j, i in enumerate(members):
+            updates[i] = group_updates[j]
+            for name, values in group_state.items():
+                new_state[name][i] = values[j]
+        grouped.update(members)
+    rest = [i for i in range(len(params)) if i not in grouped]
+    if rest:
+        rest_params = [params[i] for i in rest]
+        rest_new, rest_state = run_kernel(definition, ops, rest_params, [grads[i] for i in rest],
+                                          {name: [leaves[i] for i in rest] for name, leaves in state.items()},
+                                          hparams, static)
+        for j, (i, u) in enumerate(zip(rest, ops.updates(rest_new, rest_params))):
+            updates[i] = u
+            for name in new_state:
+                new_state[name][i] = rest_state[name][j]
+    return updates, new_state
