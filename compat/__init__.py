@@ -9,8 +9,9 @@ from .adafactor import Adafactor
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
 from .muon import Muon
+from .sparse_adam import SparseAdam
 from .nadam import NAdam
 from .optimizer import FunctionalOptimizer
 from .transformation import TransformationOptimizer
 
-__all__ = ["Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "NAdam", "Muon", "FunctionalOptimizer", "TransformationOptimizer"]
+__all__ = ["Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "NAdam", "Muon", "SparseAdam", "FunctionalOptimizer", "TransformationOptimizer"]

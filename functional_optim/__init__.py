@@ -10,6 +10,7 @@ from .adadelta import AdadeltaHParams, AdadeltaState, AdadeltaStatic, adadelta
 from .adam import AdamHParams, AdamState, AdamStatic, adam, adamw
 from .nadam import NAdamHParams, NAdamState, NAdamStatic, nadam
 from .muon import MuonHParams, MuonState, MuonStatic, muon, newton_schulz
+from .sparse_adam import SparseAdamHParams, SparseAdamState, SparseAdamStatic, sparse_adam
 from . import schedules
 from .accumulate import MultiSteps, MultiStepsState
 from .base import GradientTransformation, apply_updates
@@ -96,6 +97,10 @@ __all__ = [
     "MuonState",
     "MuonStatic",
     "newton_schulz",
+    "sparse_adam",
+    "SparseAdamHParams",
+    "SparseAdamState",
+    "SparseAdamStatic",
     "adafactor",
     "AdafactorHParams",
     "AdafactorState",
