@@ -10,8 +10,9 @@ from .adagrad import Adagrad
 from .adam import Adam, AdamW
 from .muon import Muon
 from .sparse_adam import SparseAdam
+from .lbfgs import LBFGS
 from .nadam import NAdam
 from .optimizer import FunctionalOptimizer
 from .transformation import TransformationOptimizer
 
-__all__ = ["Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "NAdam", "Muon", "SparseAdam", "FunctionalOptimizer", "TransformationOptimizer"]
+__all__ = ["Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "NAdam", "Muon", "SparseAdam", "LBFGS", "FunctionalOptimizer", "TransformationOptimizer"]

@@ -11,6 +11,7 @@ from .adam import AdamHParams, AdamState, AdamStatic, adam, adamw
 from .nadam import NAdamHParams, NAdamState, NAdamStatic, nadam
 from .muon import MuonHParams, MuonState, MuonStatic, muon, newton_schulz
 from .sparse_adam import SparseAdamHParams, SparseAdamState, SparseAdamStatic, sparse_adam
+from .lbfgs import LBFGSHParams, LBFGSState, LBFGSStatic, lbfgs
 from . import schedules
 from .accumulate import MultiSteps, MultiStepsState
 from .base import GradientTransformation, apply_updates
@@ -101,6 +102,10 @@ __all__ = [
     "SparseAdamHParams",
     "SparseAdamState",
     "SparseAdamStatic",
+    "lbfgs",
+    "LBFGSHParams",
+    "LBFGSState",
+    "LBFGSStatic",
     "adafactor",
     "AdafactorHParams",
     "AdafactorState",
