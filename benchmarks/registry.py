@@ -64,6 +64,13 @@ SPECS = (
                   variants=_COMMON + ({"weight_decay": 0.1, "decoupled_weight_decay": True},)),
     OptimizerSpec("Adafactor", "adafactor", "adafactor", torch.optim.Adafactor, False, _adafactor_bytes,
                   elementwise=False, variants=_COMMON + ({"beta2_decay": -0.5, "d": 2.0},)),
+    OptimizerSpec("RAdam", "radam", "radam", torch.optim.RAdam, False, _elementwise(2),
+                  variants=_COMMON + ({"weight_decay": 0.1, "decoupled_weight_decay": True},)),
+    OptimizerSpec("Adamax", "adamax", "adamax", torch.optim.Adamax, False, _elementwise(2), variants=_COMMON),
+    OptimizerSpec("ASGD", "asgd", "asgd", torch.optim.ASGD, False, _elementwise(1),  # ax (eta, mu are 0-d)
+                  variants=_COMMON + ({"t0": 2.0, "lambd": 0.01},)),
+    OptimizerSpec("Rprop", "rprop", "rprop", torch.optim.Rprop, False, _elementwise(2),
+                  variants=({"maximize": True}, {"etas": (0.3, 1.5), "step_sizes": (1e-4, 1.0)})),
 )
 
 

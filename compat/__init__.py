@@ -8,11 +8,15 @@ from .adadelta import Adadelta
 from .adafactor import Adafactor
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
+from .adamax import Adamax
+from .asgd import ASGD
 from .muon import Muon
 from .sparse_adam import SparseAdam
 from .lbfgs import LBFGS
 from .nadam import NAdam
+from .radam import RAdam
+from .rprop import Rprop
 from .optimizer import FunctionalOptimizer
 from .transformation import TransformationOptimizer
 
-__all__ = ["Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "NAdam", "Muon", "SparseAdam", "LBFGS", "FunctionalOptimizer", "TransformationOptimizer"]
+__all__ = ["Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "NAdam", "RAdam", "Adamax", "ASGD", "Rprop", "Muon", "SparseAdam", "LBFGS", "FunctionalOptimizer", "TransformationOptimizer"]

@@ -9,6 +9,10 @@ from .adagrad import AdagradHParams, AdagradState, AdagradStatic, adagrad
 from .adadelta import AdadeltaHParams, AdadeltaState, AdadeltaStatic, adadelta
 from .adam import AdamHParams, AdamState, AdamStatic, adam, adamw
 from .nadam import NAdamHParams, NAdamState, NAdamStatic, nadam
+from .adamax import AdamaxHParams, AdamaxState, AdamaxStatic, adamax
+from .asgd import ASGDHParams, ASGDState, ASGDStatic, asgd
+from .radam import RAdamHParams, RAdamState, RAdamStatic, radam
+from .rprop import RpropHParams, RpropState, RpropStatic, rprop
 from .muon import MuonHParams, MuonState, MuonStatic, muon, newton_schulz
 from .sparse_adam import SparseAdamHParams, SparseAdamState, SparseAdamStatic, sparse_adam
 from .lbfgs import LBFGSHParams, LBFGSState, LBFGSStatic, lbfgs
@@ -93,6 +97,22 @@ __all__ = [
     "NAdamHParams",
     "NAdamState",
     "NAdamStatic",
+    "adamax",
+    "AdamaxHParams",
+    "AdamaxState",
+    "AdamaxStatic",
+    "asgd",
+    "ASGDHParams",
+    "ASGDState",
+    "ASGDStatic",
+    "radam",
+    "RAdamHParams",
+    "RAdamState",
+    "RAdamStatic",
+    "rprop",
+    "RpropHParams",
+    "RpropState",
+    "RpropStatic",
     "muon",
     "MuonHParams",
     "MuonState",

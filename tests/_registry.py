@@ -41,6 +41,18 @@ OPTIMIZERS: list[Entry] = [
     Entry("nadam", fo.nadam, fo.NAdamHParams, torch.optim.NAdam, compat.NAdam,
           dict(lr=0.05, weight_decay=0.01, decoupled_weight_decay=True),
           lambda s: dict(lr=_t(0.05 / (1 + s)), weight_decay=_t(0.01 * s))),
+    Entry("radam", fo.radam, fo.RAdamHParams, torch.optim.RAdam, compat.RAdam,
+          dict(lr=0.05, weight_decay=0.01, decoupled_weight_decay=True),
+          lambda s: dict(lr=_t(0.05 / (1 + s)), betas=(_t(0.9), _t(0.99)), weight_decay=_t(0.01 * s))),
+    Entry("adamax", fo.adamax, fo.AdamaxHParams, torch.optim.Adamax, compat.Adamax,
+          dict(lr=0.05, weight_decay=0.01),
+          lambda s: dict(lr=_t(0.05 / (1 + s)), betas=(_t(0.9), _t(0.99)), weight_decay=_t(0.01 * s))),
+    Entry("asgd", fo.asgd, fo.ASGDHParams, torch.optim.ASGD, compat.ASGD,
+          dict(lr=0.05, lambd=0.01, t0=1.0, weight_decay=0.01),  # t0=1: the average moves from step 3 on
+          lambda s: dict(lr=_t(0.05 / (1 + s)), lambd=_t(0.01), alpha=_t(0.75), t0=_t(1.0), weight_decay=_t(0.01 * s))),
+    Entry("rprop", fo.rprop, fo.RpropHParams, torch.optim.Rprop, compat.Rprop,
+          dict(lr=0.05, step_sizes=(1e-4, 1.0)),
+          lambda s: dict(etas=(_t(0.5), _t(1.2 + 0.1 * s)), step_sizes=(_t(1e-4), _t(1.0)))),
 ]
 
 IDS = [e.name for e in OPTIMIZERS]

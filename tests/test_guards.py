@@ -126,7 +126,7 @@ def test_state_of_other_shapes_dtypes_or_devices_is_refused_naming_the_path(entr
             "shape": torch.zeros(value.shape + (2,), dtype=value.dtype),
             "device": torch.zeros_like(value, device="meta"),
         }
-        if slot not in ("mu_product",):  # per-param 0-d counters keep their own float dtype, as torch
+        if slot not in entry.compat_cls.definition.scalar_slots:  # per-param 0-d counters keep their own float dtype, as torch
             bad_values["dtype"] = value.to(torch.float64)
         for what, bad in bad_values.items():
             bad_state = state._replace(**{slot: {**field, key: bad}})

@@ -80,6 +80,13 @@ HPARAMS = {  # torch-style keyword arguments; any subset is passed, the rest kee
                       eps=st.tuples(st.one_of(st.none(), _logf(1e-30, 1e-3)),
                                     st.one_of(st.just(0.0), _logf(1e-5, 1e-1))),
                       d=st.floats(1.0, 5.0), weight_decay=_wd, maximize=_bool),
+    "radam": dict(lr=_logf(1e-4, 0.3), betas=_betas, eps=_logf(1e-10, 1e-2), weight_decay=_wd,
+                  decoupled_weight_decay=_bool, maximize=_bool),
+    "adamax": dict(lr=_logf(1e-4, 0.3), betas=_betas, eps=_logf(1e-10, 1e-2), weight_decay=_wd, maximize=_bool),
+    "asgd": dict(lr=_logf(1e-4, 0.3), lambd=st.one_of(st.just(0.0), _logf(1e-6, 0.5)), alpha=st.floats(0.0, 1.0),
+                 t0=st.one_of(st.just(1e6), st.floats(0.0, 5.0)), weight_decay=_wd, maximize=_bool),
+    "rprop": dict(lr=_logf(1e-4, 0.3), etas=st.tuples(st.floats(0.05, 0.95), st.floats(1.05, 3.0)),
+                  step_sizes=st.tuples(_logf(1e-8, 1e-2), _logf(0.05, 100.0)), maximize=_bool),
 }
 SHAPES = [(), (1,), (5,), (4, 3), (1, 6), (2, 3, 4)]
 EMPTY_SHAPES = [(0,), (3, 0), (0, 4), (2, 0, 3)]  # size 0 (torch's Adafactor refuses them)

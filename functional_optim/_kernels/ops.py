@@ -273,7 +273,7 @@ class Ops:
 
     def clamp_(self, xs, low: Scalar, high: Scalar):
         """``min(max(x, low), high)`` (Rprop's step sizes), in place where the Ops write in place."""
-        return [torch.clamp(x, low, high) for x in xs]
+        return [torch.clamp(x, _as_dtype_of(low, x), _as_dtype_of(high, x)) for x in xs]
 
     def copy_(self, dsts, srcs):
         """``srcs`` (tensors, or one number or 0-d tensor per destination) written into ``dsts``, in
@@ -314,7 +314,7 @@ class Ops:
         torch's capturable for-loop and its foreach code do."""
         sizes = self.scalar_values(step_sizes)
         xs = self.mul_(xs, self.per_param(lambda s: 1 - decay * s, sizes))
-        return self.add_(xs, others, alpha=self.per_param(lambda s: -s, sizes))
+        return self.scale_and_add_(xs, others, self.per_param(lambda s: -s, sizes))
 
     def average_(self, axs, xs, weights):
         """``a + w (x - a)``, ``w`` one 0-d tensor per tensor (ASGD's running average ``ax`` with
@@ -322,7 +322,8 @@ class Ops:
         ``torch.where`` decides (no host synchronisation); :class:`LoopOps` with host scalars reads
         ``w`` (``.item()``), :class:`ForeachOps` always adds ``(x - a) w`` (``addcmul_``), as torch's
         implementations do."""
-        return [torch.where(w == 1, x, a + (x - a) * w) for a, x, w in zip(axs, xs, weights)]
+        # ``(x - a) * w`` rounded to ``x``'s dtype, as ``mul_`` rounds it (0-d ``x`` would promote)
+        return [torch.where(w == 1, x, a + ((x - a) * w).to(x.dtype)) for a, x, w in zip(axs, xs, weights)]
 
     def power_schedule(self, steps: Sequence[Tensor], lr: Scalar, decay: Scalar, power: Scalar):
         """``lr / (1 + decay lr t)^power`` from each step count ``t`` (ASGD's ``eta``), ``t`` read
@@ -585,6 +586,61 @@ class LoopOps(Ops):
             alphas.append(s)
         return self.add_(xs, others, alpha=alphas)
 
+    # RAdam, Adamax, ASGD, Rprop: torch's for-loop order (see the Ops methods) ----------
+    def mul(self, xs, other):
+        """``x * o``; under autograd a tensor ``o`` is multiplied as a copy, since it may be updated
+        in place later (torch's differentiable Rprop multiplies by ``prev.clone()``)."""
+        keep = torch.is_grad_enabled()
+        out = []
+        for i, x in enumerate(xs):
+            o = _nth(other, i)
+            out.append(x * (o.clone() if keep and isinstance(o, Tensor) else o))
+        return out
+
+    def clamp_(self, xs, low: Scalar, high: Scalar):
+        for x in xs:
+            x.clamp_(low, high)
+        return xs
+
+    def copy_(self, dsts, srcs):
+        """``d.copy_(s)``; a number is made a tensor first (``torch.as_tensor``: the default dtype),
+        as torch's ASGD does with its new ``eta`` and ``mu``."""
+        for d, s in zip(dsts, srcs):
+            d.copy_(s if isinstance(s, Tensor) else torch.as_tensor(s))
+        return dsts
+
+    def rectified_update_(self, xs, exp_avgs, exp_avg_sqs, eps: Scalar, lr: Scalar, bias_corrections1: ScalarArg,
+                          bias_corrections2: ScalarArg, rects: ScalarArg):
+        """torch's for-loop RAdam: ``x.add_(m / b1 * lr * adaptive * r, alpha=-1)`` where ``r > 0``
+        (``rho_t > 5``), ``x.add_(m / b1 * lr, alpha=-1)`` elsewhere; with tensor scalars (capturable)
+        ``torch.where(r > 0, r * adaptive, 1)`` (see :meth:`Ops.rectified_update_`)."""
+        for i, (x, m, v) in enumerate(zip(xs, exp_avgs, exp_avg_sqs)):
+            r, bc1, bc2 = rects[i], bias_corrections1[i], bias_corrections2[i]
+            corrected = m / bc1
+            if isinstance(r, Tensor):
+                x.add_(corrected * lr * torch.where(r > 0, r * _radam_adaptive_lr(v, bc2, eps), 1.0), alpha=-1.0)
+            elif r > 0:
+                x.add_(corrected * lr * _radam_adaptive_lr(v, bc2, eps) * r, alpha=-1.0)
+            else:
+                x.add_(corrected * lr, alpha=-1.0)
+        return xs
+
+    def decay_and_add_(self, xs, others, decay: Scalar, step_sizes):
+        """Host scalars: the default; tensor ones: ``x.mul_(1 - decay s)``, ``x.addcmul_(o, s, value=-1)``."""
+        if self.host_scalars:
+            return super().decay_and_add_(xs, others, decay, step_sizes)
+        xs = self.mul_(xs, [1 - decay * s for s in step_sizes])
+        return self.addcmul_(xs, others, list(step_sizes), -1)
+
+    def average_(self, axs, xs, weights):
+        """``a.add_(x.sub(a).mul_(w))``, or ``a.copy_(x)`` where a host ``w`` is 1 (torch's for-loop)."""
+        for a, x, w in zip(axs, xs, weights):
+            if not self.host_scalars or w.item() != 1:
+                a.add_(x.sub(a).mul_(w))
+            else:
+                a.copy_(x)
+        return axs
+
 
 def _is_tensor_list(scalar) -> bool:
     return isinstance(scalar, (list, tuple)) and bool(scalar) and isinstance(scalar[0], Tensor)
@@ -772,6 +828,80 @@ class ForeachOps(Ops):
         if self.host_scalars and isinstance(lr, Tensor):
             return lr.item()
         return lr
+
+    # RAdam, Adamax, ASGD, Rprop: torch's foreach order (see the Ops methods) -----------
+    def abs(self, xs):
+        return list(torch._foreach_abs(xs))
+
+    def sign(self, xs):
+        return list(torch._foreach_sign(xs))
+
+    def mul(self, xs, other):
+        return list(torch._foreach_mul(xs, list(other) if isinstance(other, tuple) else other))
+
+    def sub(self, xs, others):
+        return list(torch._foreach_sub(xs, others))
+
+    def clamp_(self, xs, low: Scalar, high: Scalar):
+        for x in xs:  # one tensor at a time, as torch's foreach Rprop clamps
+            x.clamp_(low, high)
+        return xs
+
+    def copy_(self, dsts, srcs):
+        """``_foreach_copy_``; numbers are made tensors on the destination's device first."""
+        srcs = [s if isinstance(s, Tensor) else torch.as_tensor(s, device=d.device) for d, s in zip(dsts, srcs)]
+        torch._foreach_copy_(dsts, srcs)
+        return dsts
+
+    def rectified_update_(self, xs, exp_avgs, exp_avg_sqs, eps: Scalar, lr: Scalar, bias_corrections1: ScalarArg,
+                          bias_corrections2: ScalarArg, rects: ScalarArg):
+        """torch's foreach RAdam: the rectified step size ``s_r = -sqrt(b2) lr r / b1`` and the plain
+        one ``s_u = -lr [r == 0] / b1`` (as torch forms them, host numbers or 0-d tensors), then
+        ``x += m * (1 / ((sqrt(v) + eps) / s_r) + s_u)`` (see :meth:`Ops.rectified_update_`)."""
+        if _is_tensor_list(rects):
+            plain = [torch.where(r > 0, 0.0, 1.0) for r in rects]
+            torch._foreach_mul_(plain, lr)
+            torch._foreach_div_(plain, bias_corrections1)
+            torch._foreach_neg_(plain)
+            rectified = torch._foreach_sqrt(bias_corrections2)
+            torch._foreach_mul_(rectified, lr)
+            torch._foreach_mul_(rectified, rects)
+            torch._foreach_neg_(rectified)
+            torch._foreach_div_(rectified, bias_corrections1)
+        else:
+            plain = [(lr * (0 if r > 0 else 1.0) / bc1) * -1 for r, bc1 in zip(rects, bias_corrections1)]
+            rectified = [(bc2**0.5) * (lr * r / bc1) * -1
+                         for r, bc1, bc2 in zip(rects, bias_corrections1, bias_corrections2)]
+        factors = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_add_(factors, eps)
+        torch._foreach_div_(factors, rectified)
+        torch._foreach_reciprocal_(factors)
+        torch._foreach_add_(factors, plain)
+        torch._foreach_addcmul_(xs, exp_avgs, factors)
+        return xs
+
+    def decay_and_add_(self, xs, others, decay: Scalar, step_sizes):
+        """``x + (o + decay x) * s * -1``: ``_foreach_add``, ``_foreach_addcmul_`` with the tensors ``s``."""
+        intermediate = torch._foreach_add(others, xs, alpha=decay)
+        torch._foreach_addcmul_(xs, intermediate, list(step_sizes), value=-1)
+        return xs
+
+    def average_(self, axs, xs, weights):
+        torch._foreach_addcmul_(axs, torch._foreach_sub(xs, axs), list(weights))
+        return axs
+
+    def power_schedule(self, steps: Sequence[Tensor], lr: Scalar, decay: Scalar, power: Scalar):
+        """From the step tensors: ``lr / (1 + decay lr t)^power`` with host scalars, else torch's
+        capturable foreach order (``t decay lr + 1``, ``pow``, ``reciprocal``, ``* lr``)."""
+        if self.host_scalars:
+            return [lr / ((1 + decay * lr * t) ** power) for t in steps]
+        rates = torch._foreach_mul(list(steps), decay)
+        torch._foreach_mul_(rates, lr)
+        torch._foreach_add_(rates, 1)
+        torch._foreach_pow_(rates, power)
+        torch._foreach_reciprocal_(rates)
+        torch._foreach_mul_(rates, lr)
+        return list(rates)
 
 
 PURE = PureOps()
