@@ -60,6 +60,7 @@ def _check_grad(grad: Tensor, hparams, static) -> None:
 
 ADAMAX = OptimizerDefinition(
     name="adamax",
+    elementwise=True,
     hparams_type=AdamaxHParams,
     static_type=AdamaxStatic,
     state_type=AdamaxState,

@@ -63,6 +63,7 @@ def _check_grad(grad: Tensor, hparams, static) -> None:
 
 ASGD = OptimizerDefinition(
     name="asgd",
+    elementwise=True,
     hparams_type=ASGDHParams,
     static_type=ASGDStatic,
     state_type=ASGDState,

@@ -55,6 +55,7 @@ def _check_grad(grad: Tensor, hparams, static) -> None:
 
 RADAM = OptimizerDefinition(
     name="radam",
+    elementwise=True,
     hparams_type=RAdamHParams,
     static_type=RAdamStatic,
     state_type=RAdamState,

@@ -66,6 +66,7 @@ def _check_grad(grad: Tensor, hparams, static) -> None:
 
 RPROP = OptimizerDefinition(
     name="rprop",
+    elementwise=True,
     hparams_type=RpropHParams,
     static_type=RpropStatic,
     state_type=RpropState,
