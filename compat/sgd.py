@@ -126,9 +126,10 @@ class SGD(FunctionalOptimizer):
                          maximize=group["maximize"])
 
     # ------------------------------------------------------------------ step
-    def _init_group(self, group: dict) -> tuple[list, list, list]:
+    def _gather_group(self, group: dict) -> tuple[list, list, list]:
         """The params with a gradient, their grads and (with momentum) their buffers or ``None``,
-        as torch's ``_init_group`` gathers them (its fused device/dtype check included)."""
+        as torch's ``_init_group`` gathers them, its fused device/dtype check included (named
+        otherwise: torch.compile special-cases ``_init_group`` with torch's signature)."""
         params, grads, bufs = [], [], []
         has_momentum = group["momentum"] != 0
         for p in group["params"]:
@@ -156,7 +157,7 @@ class SGD(FunctionalOptimizer):
                 loss = closure()
         check_grad_shapes(self)
         for group in self.param_groups:
-            params, grads, bufs = self._init_group(group)
+            params, grads, bufs = self._gather_group(group)
             if not params:
                 continue
             bufs = self._sgd_group(group, params, grads, bufs)

@@ -13,6 +13,8 @@ from .adamax import AdamaxHParams, AdamaxState, AdamaxStatic, adamax
 from .asgd import ASGDHParams, ASGDState, ASGDStatic, asgd
 from .radam import RAdamHParams, RAdamState, RAdamStatic, radam
 from .rprop import RpropHParams, RpropState, RpropStatic, rprop
+from .rmsprop import RMSpropHParams, RMSpropState, RMSpropStatic, rmsprop
+from .sgd import SGDHParams, SGDState, SGDStatic, sgd
 from .muon import MuonHParams, MuonState, MuonStatic, muon, newton_schulz
 from .sparse_adam import SparseAdamHParams, SparseAdamState, SparseAdamStatic, sparse_adam
 from .lbfgs import LBFGSHParams, LBFGSState, LBFGSStatic, lbfgs
@@ -113,6 +115,14 @@ __all__ = [
     "RpropHParams",
     "RpropState",
     "RpropStatic",
+    "rmsprop",
+    "RMSpropHParams",
+    "RMSpropState",
+    "RMSpropStatic",
+    "sgd",
+    "SGDHParams",
+    "SGDState",
+    "SGDStatic",
     "muon",
     "MuonHParams",
     "MuonState",

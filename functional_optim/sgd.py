@@ -77,6 +77,7 @@ SGD = OptimizerDefinition(
     supports_sparse=True,
     check_grad=check_grad,
     slot_shapes=_slot_shapes,
+    elementwise=True,
 )
 
 

@@ -41,6 +41,12 @@ OPTIMIZERS: list[Entry] = [
     Entry("nadam", fo.nadam, fo.NAdamHParams, torch.optim.NAdam, compat.NAdam,
           dict(lr=0.05, weight_decay=0.01, decoupled_weight_decay=True),
           lambda s: dict(lr=_t(0.05 / (1 + s)), weight_decay=_t(0.01 * s))),
+    Entry("sgd", fo.sgd, fo.SGDHParams, torch.optim.SGD, compat.SGD,
+          dict(lr=0.05, momentum=0.9, weight_decay=0.01),  # nesterov, dampening: tests/test_sgd.py
+          lambda s: dict(lr=_t(0.05 / (1 + s)), momentum=_t(0.9 - 0.1 * s), weight_decay=_t(0.01 * s))),
+    Entry("rmsprop", fo.rmsprop, fo.RMSpropHParams, torch.optim.RMSprop, compat.RMSprop,
+          dict(lr=0.01, momentum=0.5, centered=True, weight_decay=0.01),
+          lambda s: dict(lr=_t(0.01 / (1 + s)), alpha=_t(0.99 - 0.01 * s), momentum=_t(0.5), weight_decay=_t(0.01 * s))),
     Entry("radam", fo.radam, fo.RAdamHParams, torch.optim.RAdam, compat.RAdam,
           dict(lr=0.05, weight_decay=0.01, decoupled_weight_decay=True),
           lambda s: dict(lr=_t(0.05 / (1 + s)), betas=(_t(0.9), _t(0.99)), weight_decay=_t(0.01 * s))),

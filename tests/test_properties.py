@@ -53,6 +53,14 @@ def expect_bitwise(name: str, mode: str, dtype: torch.dtype) -> bool:
     return mode != "functional"
 
 
+def torch_is_nondeterministic(name: str, mode: str, dtype: torch.dtype, kwargs: dict) -> bool:
+    """torch 2.12/2.13's CPU ``_fused_sgd_`` with momentum in float16/bfloat16 reads the momentum
+    buffers through the wrong pointer type (pytorch/pytorch#191763, fixed by #192545): its results
+    depend on memory past the buffers, so only dtypes and shapes can be compared (tests/test_sgd.py
+    checks that compat hands the kernel what torch hands it)."""
+    return name == "sgd" and mode == "fused" and dtype in (torch.float16, torch.bfloat16) and bool(kwargs.get("momentum"))
+
+
 # ---------------------------------------------------------------------------------------------
 # What hypothesis draws
 # ---------------------------------------------------------------------------------------------
@@ -80,6 +88,11 @@ HPARAMS = {  # torch-style keyword arguments; any subset is passed, the rest kee
                       eps=st.tuples(st.one_of(st.none(), _logf(1e-30, 1e-3)),
                                     st.one_of(st.just(0.0), _logf(1e-5, 1e-1))),
                       d=st.floats(1.0, 5.0), weight_decay=_wd, maximize=_bool),
+    "sgd": dict(lr=_logf(1e-4, 0.5), momentum=st.one_of(st.just(0.0), st.floats(0.0, 0.99)),
+                dampening=st.one_of(st.just(0.0), st.floats(0.0, 1.0)), weight_decay=_wd, nesterov=_bool,
+                maximize=_bool),
+    "rmsprop": dict(lr=_logf(1e-4, 0.1), alpha=st.floats(0.0, 0.999), eps=_logf(1e-10, 1e-2), weight_decay=_wd,
+                    momentum=st.one_of(st.just(0.0), st.floats(0.0, 0.99)), centered=_bool, maximize=_bool),
     "radam": dict(lr=_logf(1e-4, 0.3), betas=_betas, eps=_logf(1e-10, 1e-2), weight_decay=_wd,
                   decoupled_weight_decay=_bool, maximize=_bool),
     "adamax": dict(lr=_logf(1e-4, 0.3), betas=_betas, eps=_logf(1e-10, 1e-2), weight_decay=_wd, maximize=_bool),
@@ -242,7 +255,9 @@ def run_cell(name: str, mode: str, dtype: torch.dtype, case: Case) -> None:
         return
     if error is not None:
         raise error
-    if expect_bitwise(name, mode, dtype):
+    if torch_is_nondeterministic(name, mode, dtype, case.kwargs):
+        how = "layout"
+    elif expect_bitwise(name, mode, dtype):
         how = "bitwise"
     else:
         how = "layout" if ill_conditioned(case.kwargs) else "tolerance"

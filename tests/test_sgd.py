@@ -14,6 +14,8 @@ import pytest
 import torch
 
 import functional_optim as fo
+import test_compile
+import test_func_transforms
 from _parity import (
     assert_close,
     assert_state_dicts_match,
@@ -22,6 +24,7 @@ from _parity import (
     run_compat_parity,
     run_functional_parity,
 )
+from _registry import Entry
 from compat.sgd import SGD
 from functional_optim.sgd import SGDHParams, SGDState, sgd
 
@@ -621,3 +624,24 @@ def test_to_functional_and_back_continue_like_torch(momentum):
             p.copy_(tree[n])
     ours.load_functional(dict(zip(names, ours_ps)), state)
     assert_state_dicts_match(ours.state_dict(), ref.state_dict(), torch.float64)
+
+
+def _t(x: float) -> torch.Tensor:
+    return torch.tensor(x, dtype=torch.float64)
+
+
+#: The shared compile / vmap / gradcheck tests run the registry's SGD (momentum, weight decay);
+#: these run them on Nesterov momentum and on dampening (the first step's ``lerp``) as well.
+VARIANTS = [
+    Entry("sgd-nesterov", sgd, SGDHParams, torch.optim.SGD, SGD, dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
+          lambda s: dict(lr=_t(0.05 / (1 + s)), momentum=_t(0.9 - 0.1 * s))),
+    Entry("sgd-dampening", sgd, SGDHParams, torch.optim.SGD, SGD, dict(lr=0.05, momentum=0.9, dampening=0.3, maximize=True),
+          lambda s: dict(lr=_t(0.05 / (1 + s)), dampening=_t(0.3 + 0.1 * s), weight_decay=_t(0.01 * s))),
+]
+
+
+@pytest.mark.parametrize("entry", VARIANTS, ids=[e.name for e in VARIANTS])
+def test_variants_vmap_gradcheck_and_compile(entry):
+    test_func_transforms.test_vmapped_ensemble_equals_separate_runs(entry)
+    test_func_transforms.test_hypergradient_through_unrolled_updates_passes_gradcheck(entry)
+    test_compile.test_compiled_functional_train_step_matches_eager_without_recompiles(entry)

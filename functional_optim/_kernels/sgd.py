@@ -14,12 +14,13 @@ With gradient g (negated if ``maximize``), momentum mu, dampening tau and moment
     theta <- theta - lr * g
 
 The first step copies the gradient into the buffer (no dampening), as torch does. The pure path
-keeps a zero buffer from ``init`` and a per-parameter ``step`` count, and writes the first step as
-``b <- 0 * b + 1 * g`` with the two coefficients computed from the count per parameter (``t > 1``:
-no branch, no host synchronisation, so it compiles and vmaps; ``0 * 0 + g`` is exactly ``g``).
-The in-place paths (compat) follow torch's state instead: a missing buffer (``None``) is created
-as ``g.detach().clone()``, and as in torch's foreach code a list that holds one is stepped one
-tensor at a time.
+keeps a zero buffer from ``init`` and a per-parameter ``step`` count: ``mu * 0 + g`` is exactly
+``g``, and with dampening a ``lerp`` with weight ``t == 1`` (1 on the first step, 0 afterwards)
+takes ``g`` itself there (no branch, no host synchronisation: it compiles and vmaps; scalar
+hyperparameters stay Python numbers, so half precision rounds as torch). The in-place paths
+(compat) follow torch's state instead: a missing buffer (``None``) is created as
+``g.detach().clone()``, and as in torch's foreach code a list that holds one is stepped one tensor
+at a time.
 
 Where torch's implementations differ, the kernel follows each: its foreach code adds the
 Nesterov term into the gradient list in place (:func:`_nesterov_grads`), its for-loop keeps a
@@ -51,16 +52,21 @@ def _nesterov_grads(ops: Ops, grads: list, bufs: list, momentum: Any) -> list:
 
 
 def _momentum_buffers(ops: Ops, bufs: list, grads: list, steps: Any, momentum: Any, dampening: Any) -> list:
-    """The new momentum buffers (see the module docstring for the first step)."""
-    if steps is not None:  # pure path: buffers from init, the first step told by the count
-        t = ops.step_values(steps)
-        mu = ops.realize(ops.per_param(lambda ti: (ti > 1).to(ti.dtype) * momentum, t))
-        keep = ops.realize(ops.per_param(lambda ti: 1 - (ti > 1).to(ti.dtype) * dampening, t))
-        return ops.scale_and_add_(ops.mul_(bufs, mu), grads, keep)
-    if any(b is None for b in bufs):  # torch creates missing buffers one tensor at a time
+    """The new momentum buffers ``mu b + (1 - tau) g``, ``g`` itself on a parameter's first step.
+
+    In-place paths (``steps`` is None): torch's state, where a buffer not created yet is ``None``.
+    Pure path: the buffer starts at zeros, so ``mu * 0 + (1 - tau) g`` is the first step; with
+    dampening, a ``lerp`` towards ``g`` with weight 1 on the first step (``t == 1``, from the
+    per-parameter count) and 0 afterwards makes it exactly ``g`` and changes nothing later.
+    """
+    if steps is None and any(b is None for b in bufs):  # torch creates missing buffers one tensor at a time
         return [g.detach().clone() if b is None else b.mul_(momentum).add_(g, alpha=1 - dampening)
                 for b, g in zip(bufs, grads)]
-    return ops.scale_and_add_(ops.mul_(bufs, momentum), grads, 1 - dampening)
+    bufs = ops.scale_and_add_(ops.mul_(bufs, momentum), grads, 1 - dampening)
+    if steps is not None and nonzero(dampening):
+        first = ops.realize(ops.per_param(lambda t: (t == 1).to(t.dtype), ops.step_values(steps)))
+        bufs = ops.lerp_(bufs, grads, first)
+    return bufs
 
 
 def sgd_kernel(ops: Ops, params: list, grads: list, state: dict, hparams: Any, static: Any):

@@ -1,0 +1,127 @@
+"""``compat.RMSprop``: drop-in for ``torch.optim.RMSprop``."""
+
+# No ``from __future__ import annotations``: the constructor's signature, annotations included,
+# is torch's own (``inspect.signature`` compares equal).
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import ParamsT, _default_to_fused_or_foreach, _get_scalar_dtype
+
+from functional_optim._kernels.ops import nonzero
+from functional_optim.rmsprop import RMSPROP, RMSpropHParams, RMSpropStatic, validate
+
+from .optimizer import FunctionalOptimizer
+
+__all__ = ["RMSprop"]
+
+
+class RMSprop(FunctionalOptimizer):
+    """RMSprop (Tieleman & Hinton, 2012) with torch.optim.RMSprop's API; math in ``functional_optim.rmsprop``.
+
+    See :func:`functional_optim.rmsprop` for the formula. Every argument means what it means in
+    ``torch.optim.RMSprop`` (``foreach`` picks the implementation, ``capturable`` keeps ``step`` on
+    the device for CUDA graphs, ``differentiable`` lets autograd through ``step``). torch has no
+    fused RMSprop, so neither does this class.
+    """
+
+    cpu_default_foreach = True
+    definition = RMSPROP
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | Tensor = 1e-2,
+        alpha: float = 0.99,
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        momentum: float = 0,
+        centered: bool = False,
+        capturable: bool = False,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        differentiable: bool = False,
+    ) -> None:
+        validate(RMSpropHParams(lr, alpha, eps, weight_decay, momentum))
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "alpha": alpha,
+            "eps": eps,
+            "centered": centered,
+            "weight_decay": weight_decay,
+            "capturable": capturable,
+            "foreach": foreach,
+            "maximize": maximize,
+            "differentiable": differentiable,
+        }
+        super().__init__(params, defaults)
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("momentum", 0)
+            group.setdefault("centered", False)
+            group.setdefault("foreach", None)
+            group.setdefault("maximize", False)
+            group.setdefault("differentiable", False)
+            group.setdefault("capturable", False)
+            for p in group["params"]:
+                p_state = self.state.get(p, [])
+                if len(p_state) != 0 and not torch.is_tensor(p_state["step"]):
+                    step_val = float(p_state["step"])
+                    p_state["step"] = (
+                        torch.tensor(step_val, dtype=_get_scalar_dtype(), device=p.device)
+                        if group["capturable"]
+                        else torch.tensor(step_val, dtype=_get_scalar_dtype())
+                    )
+
+    def _static(self, group: dict) -> RMSpropStatic:
+        return RMSpropStatic(centered=group["centered"], has_momentum=bool(group["momentum"] > 0),
+                             maximize=group["maximize"], differentiable=group["differentiable"])
+
+    def _gather(self, group: dict) -> tuple[list, list, dict]:
+        """As torch's ``_init_group``: a state made before ``momentum`` or ``centered`` was switched
+        on in the group lacks the slot, and torch raises ``KeyError`` for it."""
+        params, grads, state = super()._gather(group)
+        static = self._static(group)
+        for key, needed in (("momentum_buffer", static.has_momentum), ("grad_avg", static.centered)):
+            if needed and any(v is None for v in state[key]):
+                raise KeyError(key)
+        return params, grads, state
+
+    def _use_foreach(self, group: dict, params: list) -> bool:
+        """torch.optim.rmsprop's rule: the default foreach choice, whatever ``lr``'s type."""
+        foreach = group["foreach"]
+        if foreach is None:
+            _, foreach = _default_to_fused_or_foreach(params, group["differentiable"], use_fused=False)
+        return bool(foreach) or self._cpu_default_foreach(group, params)
+
+    def _check_group(self, group: dict, params: list, state_steps: list) -> None:
+        """torch.optim.rmsprop's per-step checks, in its order (no ``requires_grad`` check on step)."""
+        if group["differentiable"] and self._use_foreach(group, params):
+            raise AssertionError("_foreach ops don't support autograd")
+        self._check_capturable(group, params, state_steps)
+
+    def _loop_group(self, params: list, grads: list, state: dict, hparams: Any, static: Any,
+                    host_scalars: bool) -> None:
+        """torch's for-loop passes a tensor ``lr`` as ``alpha=``/``value=``, read as a number also
+        when capturable or differentiable (only a compiled step keeps it a tensor)."""
+        if isinstance(hparams.lr, Tensor) and not torch.compiler.is_compiling():
+            hparams = hparams._replace(lr=hparams.lr.item())
+        complex_ = [i for i, p in enumerate(params) if torch.is_complex(p)]
+        if not complex_ or not nonzero(hparams.weight_decay):
+            super()._loop_group(params, grads, state, hparams, static, host_scalars)
+            return
+        # torch's for-loop decays a complex gradient as a complex number, then views it as real
+        # (its foreach code, and the kernel, view first): decay those here, then step them without
+        real = [i for i in range(len(params)) if i not in set(complex_)]
+        take = lambda xs, idx: [xs[i] for i in idx]  # noqa: E731
+        if real:
+            super()._loop_group(take(params, real), take(grads, real), {k: take(v, real) for k, v in state.items()},
+                                hparams, static, host_scalars)
+        decayed = [(-grads[i] if static.maximize else grads[i]).add(params[i], alpha=hparams.weight_decay)
+                   for i in complex_]
+        super()._loop_group(take(params, complex_), decayed, {k: take(v, complex_) for k, v in state.items()},
+                            hparams._replace(weight_decay=0.0), static._replace(maximize=False), host_scalars)
