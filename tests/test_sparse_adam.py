@@ -79,7 +79,7 @@ def _assert_same_state_dicts(ours, ref):
             assert (a.dtype, a.shape, a.stride()) == (e.dtype, e.shape, e.stride()) and torch.equal(a, e), (pid, key)
 
 
-def run_compat(kwargs, dtype, steps=6, two_groups=True, swap_at=None):
+def run_compat(kwargs, dtype, steps=5, two_groups=True, swap_at=None):
     params = _params(dtype)
     ref = [p.clone().requires_grad_() for p in params]
     ours = [p.clone().requires_grad_() for p in params]
@@ -102,7 +102,7 @@ def run_compat(kwargs, dtype, steps=6, two_groups=True, swap_at=None):
             opt_ref.load_state_dict(sd_ours)
 
 
-def run_functional(kwargs, dtype, steps=6, tx=None):
+def run_functional(kwargs, dtype, steps=4, tx=None):
     rtol, atol = TOL[dtype]
     params = _params(dtype)
     ref = [p.clone().requires_grad_() for p in params]
