@@ -16,10 +16,10 @@ from torch.optim.optimizer import (
 )
 
 from functional_optim._definition import make_transformation, new_step, pack_field, unpack_field
-from functional_optim._kernels.ops import ForeachOps, LoopOps, nonzero
+from functional_optim._kernels.ops import ForeachOps, LoopOps
 from functional_optim._kernels.sgd import sgd_fused_
 from functional_optim.sgd import SGD as SGD_DEFINITION
-from functional_optim.sgd import SGDState, SGDStatic, validate
+from functional_optim.sgd import SPARSE_WEIGHT_DECAY_ERROR, SGDState, SGDStatic, validate
 
 from . import convert
 from .optimizer import FunctionalOptimizer, _cache_sized_chunks, check_grad_shapes
@@ -174,11 +174,12 @@ class SGD(FunctionalOptimizer):
             if has_sparse_grad:
                 raise RuntimeError("`_fused_sgd` does not support sparse gradients")
             return self._fused_sgd(group, params, grads, bufs, static)
-        if has_sparse_grad:
-            self.definition.check_grad(next(g for g in grads if g.is_sparse), hparams, static)
+        if has_sparse_grad and hparams.weight_decay != 0:  # torch fails at that grad; here before any change
+            raise RuntimeError(SPARSE_WEIGHT_DECAY_ERROR)
         host_scalars = not torch.compiler.is_compiling()
         if self._use_foreach(group, params):
-            return self._foreach_sgd(params, grads, bufs, _read_like_torch(hparams, static, loop=False), static, host_scalars)
+            hparams = _read_like_torch(hparams, static, loop=False)
+            return self._foreach_sgd(params, grads, bufs, hparams, static, host_scalars)
         return self._loop_sgd(params, grads, bufs, _read_like_torch(hparams, static, loop=True), static, host_scalars)
 
     def _use_foreach(self, group: dict, params: list) -> bool:
@@ -193,11 +194,11 @@ class SGD(FunctionalOptimizer):
         """As for the other optimizers (see ``FunctionalOptimizer``), and not where torch's foreach
         code would write the Nesterov term into ``p.grad`` (its for-loop leaves the grads alone) nor
         with sparse gradients."""
-        if group["nesterov"] and not group["maximize"] and not nonzero(group["weight_decay"]):
+        if not super()._cpu_default_foreach(group, params):
             return False
-        if any(p.grad.is_sparse for p in params):
+        if group["nesterov"] and not group["maximize"] and not group["weight_decay"] != 0:
             return False
-        return super()._cpu_default_foreach(group, params)
+        return not any(p.grad.is_sparse for p in params)
 
     def _kernel(self, ops, params: list, grads: list, bufs: list, hparams: Any, static: SGDStatic) -> list:
         state = {"momentum_buffer": bufs} if static.has_momentum else {}

@@ -14,7 +14,7 @@ from .base import GradientTransformation
 
 Number = Union[float, Tensor]
 
-__all__ = ["sgd", "SGDHParams", "SGDState", "SGDStatic", "SGD", "validate"]
+__all__ = ["sgd", "SGDHParams", "SGDState", "SGDStatic", "SGD", "validate", "SPARSE_WEIGHT_DECAY_ERROR"]
 
 
 class SGDHParams(NamedTuple):
@@ -61,10 +61,15 @@ def _slot_shapes(shape: torch.Size, static: SGDStatic) -> dict:
     return {"momentum_buffer": shape if static.has_momentum else None}
 
 
+#: torch's error for a sparse gradient with weight decay (its ``grad.add(param)`` is sparse + dense)
+SPARSE_WEIGHT_DECAY_ERROR = "add(sparse, dense) is not supported. Use add(dense, sparse) instead."
+
+
 def check_grad(grad: Tensor, hparams: Any, static: Any) -> None:
-    """torch's error for a sparse gradient with weight decay (``grad.add(param)`` is sparse + dense)."""
+    """torch's error for a sparse gradient with weight decay, raised before anything is computed
+    (a tensor ``weight_decay`` counts as nonzero: its value is not read)."""
     if grad.is_sparse and nonzero(hparams.weight_decay):
-        raise RuntimeError("add(sparse, dense) is not supported. Use add(dense, sparse) instead.")
+        raise RuntimeError(SPARSE_WEIGHT_DECAY_ERROR)
 
 
 SGD = OptimizerDefinition(

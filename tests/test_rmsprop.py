@@ -25,6 +25,7 @@ from _parity import (
     run_functional_parity,
 )
 from compat.rmsprop import RMSprop
+from test_sgd import _generic_error_cases
 from functional_optim.rmsprop import RMSpropHParams, RMSpropState, rmsprop
 
 pytestmark = pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf")
@@ -199,7 +200,8 @@ def test_compat_defaults_and_signature_match_torch():
 
 def test_state_layout_matches_torch():
     for flags in flag_grid():
-        ref, ours = _run(torch.optim.RMSprop, dict(HP, **flags), torch.float32, 1), _run(RMSprop, dict(HP, **flags), torch.float32, 1)
+        kwargs = dict(HP, **flags)
+        ref, ours = _run(torch.optim.RMSprop, kwargs, torch.float32, 1), _run(RMSprop, kwargs, torch.float32, 1)
         for r, o in zip(ref[1].state.values(), ours[1].state.values()):
             assert list(o) == list(r)
             for key in r:
@@ -269,9 +271,18 @@ def test_validation_errors_match_torch(bad):
     assert _raised(lambda: rmsprop(**bad)) == expected
 
 
+@pytest.mark.parametrize("case", [c for c in _generic_error_cases() if "momentum" not in c[2]], ids=lambda c: c[0])
+def test_optim_db_error_inputs_match_torch(case):
+    """optim_db's error inputs for every optimizer (RMSprop's own, momentum=-1.0, is in BAD_HPARAMS)."""
+    _, params, kwargs = case
+    params = params if params is not None else [torch.zeros(1, 1, requires_grad=True)]
+    assert _raised(lambda: RMSprop(params, **kwargs)) == _raised(lambda: torch.optim.RMSprop(params, **kwargs))
+
+
 def test_boundary_hparams_and_unknown_flags_like_torch():
     params = [torch.zeros(2, requires_grad=True)]
-    for ok in (dict(lr=0.0), dict(alpha=0.0), dict(alpha=1.5), dict(eps=0.0), dict(momentum=0.0), dict(weight_decay=0.0)):
+    for ok in (dict(lr=0.0), dict(alpha=0.0), dict(alpha=1.5), dict(eps=0.0), dict(momentum=0.0),
+               dict(weight_decay=0.0)):
         torch.optim.RMSprop(params, **ok)
         RMSprop(params, **ok)
         rmsprop(**ok)

@@ -32,7 +32,7 @@ from .ops import Ops, nonzero
 
 def rmsprop_kernel(ops: Ops, params: list, grads: list, state: dict, hparams: Any, static: Any):
     """One RMSprop step; returns ``(params, state)`` (the same tensors when ``ops`` is in place)."""
-    lr, alpha, eps, weight_decay, momentum = hparams.lr, hparams.alpha, hparams.eps, hparams.weight_decay, hparams.momentum
+    lr, alpha, eps, weight_decay, momentum = hparams
     if not static.has_momentum and isinstance(momentum, (int, float)) and momentum > 0:
         raise ValueError(
             f"rmsprop: momentum={momentum} needs a momentum buffer, and this optimizer was made without one "
