@@ -13,6 +13,16 @@ import functional_optim as fo
 from _registry import IDS, OPTIMIZERS
 
 
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    """Each case compiles from scratch: every optimizer's case compiles the same code objects (the
+    nested ``train_step``, ``FunctionalOptimizer.step``), and dynamo's recompile limit (8) counts
+    per code object, so with more than 8 optimizers the later cases would hit it."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
 def _model():
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
