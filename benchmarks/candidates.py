@@ -78,7 +78,8 @@ class OptimCandidate(Candidate):
 
     ``impl``: ``for-loop`` (``foreach=False``), ``foreach`` (``foreach=True``), ``fused``
     (``fused=True``), or ``compiled-step``: ``torch.compile(optimizer.step)`` with the default
-    implementation.
+    implementation and a float ``lr`` that a ``StepLR`` scheduler changes after every step (so
+    ``compile_info.graphs`` shows whether a changed learning rate recompiles).
     """
 
     _FLAGS = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True},
@@ -91,12 +92,16 @@ class OptimCandidate(Candidate):
             p.grad = g.clone()
         self.optimizer = cls(self._params, **kwargs, **self._FLAGS[impl])
         self._step = self.optimizer.step
-        if impl == "compiled-step":
+        self._scheduler = None
+        if impl == "compiled-step":  # the scheduler first: it wraps optimizer.step to see it called
+            self._scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=1, gamma=0.999)
             self.compile_info = CompileInfo()
             self._step = compile_recording(self.optimizer.step, self.compile_info, fullgraph=False)
 
     def step(self) -> None:
         self._step()
+        if self._scheduler is not None:
+            self._scheduler.step()
 
     def params(self) -> list:
         return [p.detach() for p in self._params]

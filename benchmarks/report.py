@@ -11,7 +11,7 @@ from .bitwise import STEPS as BITWISE_STEPS
 
 IMPL_ORDER = ["torch/for-loop", "torch/foreach", "torch/fused", "compat/for-loop", "compat/foreach",
               "compat/fused", "functional/eager", "functional/compiled", "functional/compiled-inplace",
-              "torch/compiled-step"]
+              "torch/compiled-step", "compat/compiled-step"]
 OURS = ("compat/for-loop", "compat/foreach", "compat/fused", "functional/eager", "functional/compiled",
         "functional/compiled-inplace")
 TOLERANCE = 0.05  # compat within 5% of torch.optim
@@ -173,6 +173,110 @@ def summary_sections(result: dict) -> list:
     return out
 
 
+ELEMENTWISE = ("Adam", "AdamW", "Adagrad", "Adadelta", "NAdam")
+
+
+def _verdict(failures: list, measured: bool = True) -> str:
+    if not measured:
+        return "not measured in this run"
+    return "met" if not failures else "**not met**"
+
+
+def _cells(items: list) -> str:
+    return ", ".join(f"{name} {_x(r)}" for name, r in items) or "–"
+
+
+def targets_section(result: dict) -> str:
+    """Issue 10's targets, each evaluated from this run's numbers (met / not met / not measured)."""
+    rows, device = result["rows"], result["machine"]["device"]
+    cuda = device.startswith("cuda")
+    idx = _index(rows)
+    body = []
+
+    def over(pairs, limit):  # (name, ratio) pairs above ``limit``
+        return [(n, r) for n, r in pairs if r is not None and r > limit]
+
+    eager = [(f"{o} {w}", _ratio(by.get("functional/eager"), by.get("torch/foreach")))
+             for (w, o), by in idx.items() if w in ("transformer", "many-small")]
+    eager = [(n, r) for n, r in eager if r is not None]
+    bad = over(eager, 1.3)
+    body.append(["1. eager `update` + `apply_updates` ≤ 1.3× torch foreach",
+                 f"worst {_cells([max(eager, key=lambda x: x[1])]) if eager else '–'}; above: {_cells(bad)}",
+                 _verdict(bad, bool(eager))])
+
+    limit = 1.0 if cuda else 1.1
+    compiled = [(f"{o} {w}", _ratio(by.get("functional/compiled"),
+                                    by.get("torch/fused") if o == "Adam" else by.get("reference/Adam-fused")))
+                for (w, o), by in idx.items() if w in ("transformer", "large") and o in ELEMENTWISE]
+    compiled = [(n, r) for n, r in compiled if r is not None]
+    bad = over(compiled, limit)
+    floors = [(f"{o}", by["functional/compiled"]["floor_ms"] / by["functional/compiled"]["median_ms"])
+              for (w, o), by in idx.items() if w == "large" and o in ELEMENTWISE and "functional/compiled" in by]
+    low = [(n, f) for n, f in floors if f < 0.8]
+    stores = result.get("store_cost")
+    note = (f"; on this device an out-of-place store costs {stores['ratio']:.2f}× an in-place one (store probe)"
+            if stores and not cuda else "")
+    floor_text = ("; large, floor/median: " + ", ".join(f"{n} {f:.0%}" for n, f in floors)) if floors else ""
+    body.append([f"2. compiled pure step ≤ {limit}× torch fused Adam"
+                 + (" (and ≥ 80% of copy bandwidth on large)" if cuda else ""),
+                 f"above: {_cells(bad)}{floor_text}{note}", _verdict(bad + low, bool(compiled))])
+
+    probe = result.get("hparams_probe") or {}
+    cells, bad = [], []
+    for w, kinds in probe.items():
+        ratio = kinds["tensor"]["median_ms"] / kinds["float"]["median_ms"]
+        cells.append(f"{w}: float {_ms(kinds['float']['median_ms'])} ms ({kinds['float']['graphs']} graph), "
+                     f"tensor {_ms(kinds['tensor']['median_ms'])} ms ({kinds['tensor']['graphs']} graph)")
+        if max(ratio, 1 / ratio) > 1.1 or kinds["float"]["graphs"] > 1 or kinds["tensor"]["graphs"] > 1:
+            bad.append(w)
+    body.append(["3. float and tensor hparams cost the same compiled; a new value never recompiles",
+                 "; ".join(cells) or "–", _verdict(bad, bool(probe))])
+
+    study = [s for s in result.get("compile_study", []) if s.get("target") == "functional"
+             and s.get("workload", "many-small").startswith("many-small")]
+    if study:
+        s = study[0]
+        first = s.get("first_call_s")
+        text = (f"> {s['timeout_s']:.0f} s (timed out)" if s.get("timed_out")
+                else f"failed: {s.get('error', '')[:80]}" if s.get("error") else f"{first:.1f} s")
+        ok = not s.get("timed_out") and not s.get("error") and first is not None and first <= 60
+        body.append(["4. first call of the compiled step on many-small ≤ 60 s", text, _verdict([] if ok else [s])])
+    else:
+        body.append(["4. first call of the compiled step on many-small ≤ 60 s", "–", _verdict([], False)])
+
+    steps = []
+    for (w, o), by in idx.items():
+        ours, theirs = by.get("compat/compiled-step"), by.get("torch/compiled-step")
+        if ours and theirs:
+            steps.append((f"{o} {w}", _ratio(ours, theirs), ours.get("graphs"), theirs.get("graphs")))
+    bad = [(n, r) for n, r, g, tg in steps if r > 1.1 or (g or 0) > (tg or 0)]
+    body.append(["5. `torch.compile(compat.X.step)` ≤ 1.1× `torch.compile(torch.optim.X.step)`, "
+                 "no more graphs than torch's (float lr, StepLR)",
+                 ", ".join(f"{n} {_x(r)} ({g} vs {tg} graphs)" for n, r, g, tg in steps) or "–",
+                 _verdict(bad, bool(steps))])
+
+    ada = [(f"{w} {i}", _ratio(by.get(f"compat/{i}"), by.get(f"torch/{i}")))
+           for (w, o), by in idx.items() if o == "Adafactor" for i in ("for-loop", "foreach")]
+    ada = [(n, r) for n, r in ada if r is not None]
+    ada_compiled = [(w, _ratio(by.get("functional/compiled"), by.get("reference/Adam-fused")))
+                    for (w, o), by in idx.items() if o == "Adafactor"]
+    ada_compiled = [(n, r) for n, r in ada_compiled if r is not None]
+    bad = over(ada, 1.05) + over(ada_compiled, 1.5)
+    body.append(["6. Adafactor: compat ≤ 1.05× torch per implementation; compiled ≤ 1.5× torch fused Adam",
+                 f"compat: {_cells(ada)}; compiled ÷ Adam fused: {_cells(ada_compiled) if ada_compiled else 'not compiled in this run'}",
+                 _verdict(bad, bool(ada))])
+
+    same = [(f"{o} {w} {i}", _ratio(by.get(f"compat/{i}"), by.get(f"torch/{i}")))
+            for (w, o), by in idx.items() if o != "Adafactor" for i in ("for-loop", "foreach", "fused")]
+    same = [(n, r) for n, r in same if r is not None]
+    bad = over(same, 1 + TOLERANCE)
+    body.append(["7. compat ≤ 1.05× torch, same implementation", f"above: {_cells(bad)}", _verdict(bad, bool(same))])
+    return ("## Targets (issue 10)\n\n"
+            "Each target evaluated from this run's medians (ratios of implementations timed interleaved in the "
+            "same block). CUDA targets need a CUDA run; a CPU report says which it cannot show.\n\n"
+            + _table(["target", "measured", "result"], body))
+
+
 def workload_section(result: dict, workload: str) -> str:
     rows = [r for r in result["rows"] if r["workload"] == workload]
     default = _default_label(result["machine"]["device"])
@@ -224,7 +328,7 @@ def markdown(result: dict) -> str:
     if result["notes"]:
         head += ["", "Notes:", ""] + [f"- {n}" for n in result["notes"]]
     workloads = list(dict.fromkeys(r["workload"] for r in result["rows"]))
-    sections = summary_sections(result) + [workload_section(result, w) for w in workloads]
+    sections = [targets_section(result)] + summary_sections(result) + [workload_section(result, w) for w in workloads]
     return "\n".join(head) + "\n\n" + "\n\n".join(sections) + "\n"
 
 

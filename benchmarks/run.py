@@ -25,9 +25,9 @@ from typing import Optional
 
 import torch
 
-from . import bitwise, compile_study, registry, report, workloads
+from . import bitwise, compile_study, hparams_probe, registry, report, workloads
 from .candidates import FunctionalCandidate, OptimCandidate
-from .measure import bandwidth, step_peak_bytes, time_interleaved, timed_first_step
+from .measure import bandwidth, step_peak_bytes, store_cost, time_interleaved, timed_first_step
 
 
 #: (workload, target) pairs of the compile study; the transformer's per-tensor compile is in its block
@@ -96,6 +96,9 @@ def build_candidates(opt: registry.Available, work: workloads.Workload, device: 
     if compile_torch_step:
         makers.append(("torch/compiled-step",
                        lambda: OptimCandidate("torch", spec.torch_cls, "compiled-step", p, g, kw)))
+        if opt.compat_cls is not None:
+            makers.append(("compat/compiled-step",
+                           lambda: OptimCandidate("compat", opt.compat_cls, "compiled-step", p, g, kw)))
     if adam_fused_ref and spec.name != "Adam":
         def adam_ref():
             c = OptimCandidate("torch", torch.optim.Adam, "fused", p, g, {})
@@ -137,7 +140,7 @@ def bench_block(opt, work, device, args, bw: float, notes: list) -> list:
         torch._dynamo.reset()  # each block's compiled step starts from an empty cache (no recompile limit hits)
     candidates = build_candidates(
         opt, work, device, compiled,
-        compile_torch_step=compiled and opt.name == "Adam" and not args.quick,
+        compile_torch_step=compiled,
         adam_fused_ref=compiled, notes=notes,
     )
     if not candidates:
@@ -218,6 +221,10 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
 
 def main(argv: Optional[list] = None) -> None:
     args = parse_args(argv)
+    # torch.compile(opt.step) of torch's and of compat's optimizer share one code object (torch's
+    # step wrapper); its default limit of 8 compiled versions is reached by the two of them together
+    # when each breaks its graph a few times, after which Dynamo runs one of them uncompiled
+    torch._dynamo.config.recompile_limit = 64
     if not args.warm_cache:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="fo_bench_inductor_")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -244,13 +251,19 @@ def main(argv: Optional[list] = None) -> None:
     bits = [row for opt in optimizers for row in bitwise.check(opt, device)]
     bw = bandwidth(device)
     log(f"bandwidth: copy {bw['copy'] / 1e9:.1f} GB/s, add {bw['add'] / 1e9:.1f} GB/s")
-    rows = []
+    stores = store_cost(device)
+    log(f"store cost: out-of-place add {stores['ratio']:.2f}x in-place add")
+    rows, hparams = [], {}
     for wname in args.workloads:
         work = workloads.make(wname, device)
         log(f"[{work.describe()}]")
         for opt in optimizers:
             log(f"  {opt.name}")
             rows += bench_block(opt, work, device, args, bw["best"], notes)
+        adam = next((o for o in optimizers if o.name == "Adam" and o.functional is not None), None)
+        if adam is not None and not args.no_compile and wname in args.compile_workloads:
+            log("  compiled Adam step with float and with tensor hparams (new lr every call) ...")
+            hparams[wname] = hparams_probe.measure(adam.functional, work, device, args.reps, adam.spec.kwargs)
         del work
         gc.collect()
 
@@ -266,7 +279,8 @@ def main(argv: Optional[list] = None) -> None:
 
     command = " ".join([".venv/bin/python -m benchmarks.run"] + (sys.argv[1:] if argv is None else argv))
     result = {"machine": info, "command": command, "args": {k: (sorted(v) if isinstance(v, set) else v) for k, v in vars(args).items()},
-              "bandwidth": bw, "workloads": {w: workloads.describe(w) for w in args.workloads},
+              "bandwidth": bw, "store_cost": stores, "hparams_probe": hparams,
+              "workloads": {w: workloads.describe(w) for w in args.workloads},
               "rows": rows, "bitwise": bits, "compile_study": study, "notes": notes,
               "wall_s": time.perf_counter() - started}
     info["loadavg_end"] = _loadavg()

@@ -65,7 +65,7 @@ def adafactor_kernel(ops: Ops, params: list, grads: list, state: dict, hparams: 
         g, w = _pick(grads, factored), _pick(one_minus_beta2, factored)
         row_vars = ops.lerp_(_pick(state["row_var"], factored), _mean_squares(ops, g, -1), w)
         col_vars = ops.lerp_(_pick(state["col_var"], factored), _mean_squares(ops, g, -2), w)
-        outer = [r @ c for r, c in zip(row_vars, col_vars)]  # new tensors: the kernel's to overwrite
+        outer = ops.outer_products(row_vars, col_vars)  # new tensors: the kernel's to overwrite
         row_means = [_clamp_min(r.mean(dim=-2, keepdim=True), eps1) for r in row_vars]
         for i, v in zip(factored, ops.div_tensors_(outer, row_means)):
             var_estimates[i] = v

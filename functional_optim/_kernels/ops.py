@@ -248,6 +248,13 @@ class Ops:
         place: callers pass their own temporaries (see :meth:`writable`)."""
         return [torch.rsqrt(torch.clamp(x, min=_as_dtype_of(bound, x))) for x in xs]
 
+    def outer_products(self, rows, cols):
+        """``r @ c`` for column vectors ``r`` (``(..., n, 1)``) and row vectors ``c`` (``(..., 1, m)``),
+        as torch's Adafactor forms its variance estimate: a product with one term per element.
+        :class:`PureOps` writes it as the broadcast product ``r * c``, the same single rounding,
+        which Inductor fuses with what follows instead of materializing a matmul's output."""
+        return [r @ c for r, c in zip(rows, cols)]
+
     # RAdam, Adamax, ASGD, Rprop -------------------------------------------------------
     # List operations (out of place unless the name ends in ``_``), then the updates whose order
     # differs between torch's for-loop and foreach code. The defaults below are the pure path's
@@ -431,6 +438,9 @@ class PureOps(Ops):
 
     def writable(self, xs):
         return xs  # nothing is ever written in place here
+
+    def outer_products(self, rows, cols):
+        return [r * c for r, c in zip(rows, cols)]
 
     def sqrt_(self, xs):
         return self.sqrt(xs)

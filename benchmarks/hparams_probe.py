@@ -1,0 +1,62 @@
+"""Compiled functional step with Python-float and with tensor hyperparameters: cost and recompiles.
+
+The step ``update + apply_updates`` is compiled once per kind; each call gets a new learning rate
+(a schedule), as a Python float or as a 0-d tensor. Reported per kind: the graphs Inductor
+compiled over all calls (1 means changing the value never recompiled), the first call's time, and
+the median step time of the calls after it.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import torch
+
+import functional_optim
+
+from .candidates import CompileInfo, compile_recording
+from .measure import _timed
+
+__all__ = ["measure"]
+
+
+def _compiled_step(tx):
+    def step(params, grads, state, hparams):
+        updates, state = tx.update(grads, state, params, hparams)
+        return functional_optim.apply_updates(params, updates), state
+
+    info = CompileInfo()
+    return compile_recording(step, info), info
+
+
+def measure(factory, work, device: torch.device, reps: int, kwargs: dict) -> dict:
+    """``{"float": {...}, "tensor": {...}}`` for the optimizer made by ``factory(**kwargs)``.
+
+    The kinds run one after the other, each from an empty Dynamo cache: compiled together, the
+    second would start from the first's cache entries and frame state (one code object).
+    """
+    tx = factory(**kwargs)
+    base_lr = float(tx.hparams.lr)
+    kinds = {"float": lambda lr: lr, "tensor": lambda lr: torch.tensor(lr, dtype=torch.float64, device=device)}
+    out = {}
+    for kind, as_hparam in kinds.items():
+        torch._dynamo.reset()
+        fn, info = _compiled_step(tx)
+        params = [p.clone() for p in work.params]
+        run = {"params": params, "state": tx.init(params)}
+        grads = [g.clone() for g in work.grads]
+        times = []
+        for step in range(reps + 2):
+            hparams = tx.hparams._replace(lr=as_hparam(base_lr / (1 + step)))  # a new value every call
+
+            def call(hparams=hparams):
+                run["params"], run["state"] = fn(run["params"], grads, run["state"], hparams)
+
+            seconds = _timed(call, device)
+            if step == 0:
+                first_call_s = seconds
+            elif step >= 2:  # the second call is where a recompile on a changed value would happen
+                times.append(seconds)
+        out[kind] = {"graphs": info.graphs, "first_call_s": first_call_s, "median_ms": 1e3 * statistics.median(times)}
+    torch._dynamo.reset()
+    return out
