@@ -16,8 +16,8 @@ With gradient g (negated if ``maximize``), momentum mu, dampening tau and moment
 The first step copies the gradient into the buffer (no dampening), as torch does. The pure path
 keeps a zero buffer from ``init`` and a per-parameter ``step`` count: ``mu * 0 + g`` is exactly
 ``g``, and with dampening a ``lerp`` with weight ``t == 1`` (1 on the first step, 0 afterwards)
-takes ``g`` itself there (no branch, no host synchronisation: it compiles and vmaps; scalar
-hyperparameters stay Python numbers, so half precision rounds as torch). The in-place paths
+takes ``g`` itself there (no branch, no host synchronisation: it compiles and vmaps; momentum
+and dampening enter as given, not as per-parameter tensors rounded to a half dtype). The in-place paths
 (compat) follow torch's state instead: a missing buffer (``None``) is created as
 ``g.detach().clone()``, and as in torch's foreach code a list that holds one is stepped one tensor
 at a time.
