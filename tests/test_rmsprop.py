@@ -25,7 +25,7 @@ from _parity import (
     run_functional_parity,
 )
 from compat.rmsprop import RMSprop
-from test_sgd import _generic_error_cases
+from test_sgd import _generic_error_cases, optim_db_error_outcomes, optim_db_info, requires_optim_db
 from functional_optim.rmsprop import RMSpropHParams, RMSpropState, rmsprop
 
 pytestmark = pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf")
@@ -277,6 +277,21 @@ def test_optim_db_error_inputs_match_torch(case):
     _, params, kwargs = case
     params = params if params is not None else [torch.zeros(1, 1, requires_grad=True)]
     assert _raised(lambda: RMSprop(params, **kwargs)) == _raised(lambda: torch.optim.RMSprop(params, **kwargs))
+
+
+@requires_optim_db
+def test_optim_db_configurations_are_bitwise_torchs(capturable_on_cpu):
+    """PyTorch's own RMSprop configurations (``optim_db``, its CUDA ones with ``capturable``
+    included), every implementation."""
+    for config in optim_db_info(torch.optim.RMSprop).optim_inputs_func(device="cuda", dtype=torch.float32):
+        for impl in IMPLS:
+            kwargs = {**HP, **config.kwargs, **IMPLS[impl]}
+            assert_bitwise(_run(RMSprop, kwargs, torch.float32), _run(torch.optim.RMSprop, kwargs, torch.float32))
+
+
+@requires_optim_db
+def test_optim_db_error_inputs_have_torchs_outcome():
+    optim_db_error_outcomes(torch.optim.RMSprop, RMSprop)
 
 
 def test_boundary_hparams_and_unknown_flags_like_torch():

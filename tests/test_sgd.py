@@ -28,6 +28,13 @@ from _registry import Entry
 from compat.sgd import SGD
 from functional_optim.sgd import SGDHParams, SGDState, sgd
 
+try:  # PyTorch's own optimizer test database; torch.testing._internal needs the ``expecttest`` package
+    from torch.testing._internal.common_optimizers import OptimizerErrorEnum, optim_db
+except ImportError:  # pragma: no cover - depends on the environment
+    optim_db = OptimizerErrorEnum = None
+requires_optim_db = pytest.mark.skipif(optim_db is None, reason="torch.testing._internal.common_optimizers "
+                                       "cannot be imported (pip install expecttest)")
+
 # torch's differentiable mode steps non-leaf params, whose .grad access warns
 pytestmark = pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf")
 
@@ -443,6 +450,50 @@ def test_boundary_and_nan_hparams_are_accepted_like_torch():
         torch.optim.SGD(params, **ok)
         SGD(params, **ok)
         sgd(**ok)
+
+
+def optim_db_info(torch_cls):
+    return next(i for i in optim_db if i.optim_cls is torch_cls)
+
+
+@requires_optim_db
+def test_optim_db_configurations_are_bitwise_torchs():
+    """PyTorch's own SGD configurations (``optim_db``), every implementation."""
+    for config in optim_db_info(torch.optim.SGD).optim_inputs_func(device="cpu", dtype=torch.float32):
+        for impl in IMPLS:
+            kwargs = {**HP, **config.kwargs, **IMPLS[impl]}
+            assert_same_outcome(kwargs, torch.float32, like_params=impl == "fused")
+
+
+def optim_db_error_outcomes(torch_cls, compat_cls) -> None:
+    """Each of optim_db's error inputs for ``torch_cls``: the same outcome (error type and message,
+    or warning) from ``compat_cls``, at construction or at the step, as optim_db says."""
+    for error in optim_db_info(torch_cls).optim_error_inputs_func(device="cpu", dtype=torch.float32):
+        case = error.optimizer_error_input
+
+        def run(cls, case=case, error=error):
+            params = case.params if case.params is not None else [torch.randn(2, 2, requires_grad=True)]
+            opt = cls(params, **case.kwargs)
+            if error.error_on == OptimizerErrorEnum.STEP_ERROR:
+                for group in opt.param_groups:
+                    for p in group["params"]:
+                        p.grad = torch.ones_like(p)
+                opt.step()
+            return "ok"
+
+        if error.error_type is UserWarning:
+            for cls in (torch_cls, compat_cls):
+                with pytest.warns(UserWarning, match=error.error_regex):
+                    run(cls)
+            continue
+        expected = _outcome(lambda: run(torch_cls))
+        assert expected[0] is error.error_type, case.desc
+        assert _outcome(lambda: run(compat_cls)) == expected, case.desc
+
+
+@requires_optim_db
+def test_optim_db_error_inputs_have_torchs_outcome():
+    optim_db_error_outcomes(torch.optim.SGD, SGD)
 
 
 def _generic_error_cases() -> list:
