@@ -34,7 +34,12 @@ def _equal(a: list, b: list) -> bool:
 
 
 def check(opt: Available, device: torch.device) -> list:
-    """One row per (flag set, dtype): foreach ≡ for-loop for compat and torch, compat loop ≡ torch loop."""
+    """One row per (flag set, dtype): foreach ≡ for-loop for compat and torch, compat loop ≡ torch loop.
+
+    None for an optimizer torch has no foreach implementation of (``spec.foreach`` false).
+    """
+    if not opt.spec.foreach:
+        return []
     rows = []
     for flags in ({},) + opt.spec.variants:
         for dtype in (torch.float32, torch.float64):

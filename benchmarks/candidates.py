@@ -3,6 +3,10 @@
 Every candidate owns its own copy of the workload's parameters, gradients and optimizer state,
 and exposes ``step()`` (one optimizer step, parameters updated), ``params()`` (current values),
 ``state_bytes()`` (bytes of persistent optimizer state) and, for compiled ones, ``compile_info``.
+
+Given an ``objective`` (``params -> (loss, grads)``, :class:`benchmarks.workloads.Quadratic`), a
+step evaluates it instead of using fixed gradients: ``optimizer.step(closure)`` with a closure that
+sets ``p.grad``, or the functional ``update(..., value=, value_and_grad_fn=objective)`` (L-BFGS).
 """
 
 from __future__ import annotations
@@ -80,18 +84,28 @@ class OptimCandidate(Candidate):
     (``fused=True``), or ``compiled-step``: ``torch.compile(optimizer.step)`` with the default
     implementation and a float ``lr`` that a ``StepLR`` scheduler changes after every step (so
     ``compile_info.graphs`` shows whether a changed learning rate recompiles).
+    ``impl_flags=False``: the class has one implementation (``for-loop``) and takes no flags.
     """
 
     _FLAGS = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True},
               "compiled-step": {}}
 
-    def __init__(self, family: str, cls: type, impl: str, params: list, grads: list, kwargs: dict) -> None:
+    def __init__(self, family: str, cls: type, impl: str, params: list, grads: list, kwargs: dict,
+                 impl_flags: bool = True, objective: Optional[Callable] = None) -> None:
         self.family, self.impl = family, impl
         self._params = [torch.nn.Parameter(p.clone()) for p in params]
         for p, g in zip(self._params, grads):
             p.grad = g.clone()
-        self.optimizer = cls(self._params, **kwargs, **self._FLAGS[impl])
+        self.optimizer = cls(self._params, **kwargs, **(self._FLAGS[impl] if impl_flags else {}))
         self._step = self.optimizer.step
+        if objective is not None:
+            def closure():  # the loss at the current parameters, their gradients into p.grad
+                loss, grads = objective([p.detach() for p in self._params])
+                for p, g in zip(self._params, grads):
+                    p.grad = g
+                return loss
+
+            self._step = lambda: self.optimizer.step(closure)
         self._scheduler = None
         if impl == "compiled-step":  # the scheduler first: it wraps optimizer.step to see it called
             self._scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=1, gamma=0.999)
@@ -111,10 +125,14 @@ class OptimCandidate(Candidate):
 
 
 class FunctionalCandidate(Candidate):
-    """``functional_optim``: ``update`` then ``apply_updates``, eagerly or under ``torch.compile``."""
+    """``functional_optim``: ``update`` then ``apply_updates``, eagerly or under ``torch.compile``.
+
+    With an ``objective`` (eager only), the step first evaluates it at the parameters and calls
+    ``update(grads, state, params, value=loss, value_and_grad_fn=objective)``.
+    """
 
     def __init__(self, factory: Callable, compiled: bool, params: list, grads: list, kwargs: dict,
-                 inplace: bool = False) -> None:
+                 inplace: bool = False, objective: Optional[Callable] = None) -> None:
         self.family = "functional"
         self.impl = ("compiled" if compiled else "eager") + ("-inplace" if inplace else "")
         transform = factory(**kwargs)
@@ -126,7 +144,11 @@ class FunctionalCandidate(Candidate):
             if inplace:  # functional_optim.step_: the same math written into the tensors
                 functional_optim.step_(transform, grads, state, params)
                 return params, state
-            updates, state = transform.update(grads, state, params)
+            if objective is not None:
+                loss, grads = objective(params)
+                updates, state = transform.update(grads, state, params, value=loss, value_and_grad_fn=objective)
+            else:
+                updates, state = transform.update(grads, state, params)
             return functional_optim.apply_updates(params, updates), state
 
         self._fn = step

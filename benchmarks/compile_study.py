@@ -45,7 +45,11 @@ def measure(target: str, optimizer: str, workload: str, reps: int, device_name: 
 
     device = torch.device(device_name)
     (opt,), _ = registry.discover([optimizer])
+    if not opt.spec.compilable:
+        raise SystemExit(f"{optimizer}'s step does not compile")
     work = workloads.make(workload, device)
+    if opt.spec.workload is not None:  # Muon: the 2-D parameters
+        work = opt.spec.workload(work)
     params, grads = work.params, work.grads
     kwargs = opt.spec.kwargs
     if target == "torch-step":
@@ -60,7 +64,8 @@ def measure(target: str, optimizer: str, workload: str, reps: int, device_name: 
             grads = [torch.cat([g.reshape(-1) for g in grads])]
         candidate = FunctionalCandidate(opt.functional, True, params, grads, kwargs)
         candidate.impl = target.replace("functional-", "compiled-") if target != "functional" else "compiled"
-    reference = OptimCandidate("torch", opt.spec.torch_cls, default_impl(device), work.params, work.grads, kwargs)
+    reference = OptimCandidate("torch", opt.spec.torch_cls, default_impl(device) if opt.spec.foreach else "for-loop",
+                               work.params, work.grads, kwargs, impl_flags=opt.spec.foreach)
     first_s = timed_first_step(candidate, device)
     reference.step()
     for _ in range(2):

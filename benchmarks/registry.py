@@ -4,6 +4,12 @@ Each :class:`OptimizerSpec` names the ``torch.optim`` reference class, the ``com
 the ``functional_optim`` factory of one optimizer. :func:`discover` imports what exists and returns
 a note for what does not, so the suite runs on a partial checkout and picks optimizers up as they
 land.
+
+Most optimizers take every workload as it is. Three do not, and their spec says so: Muon
+optimizes matrices (``workload=workloads.matrices``), SparseAdam takes sparse gradients
+(``workloads.sparse_rows``), L-BFGS's step evaluates a loss (``workloads.with_objective``); none
+of the three has a foreach or fused implementation in torch (``foreach=False``), and the last two
+do not compile (``compilable=False``).
 """
 
 from __future__ import annotations
@@ -16,23 +22,32 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
+from . import workloads
 
-def _elementwise(slots: int) -> Callable[[Tensor], int]:
+
+def _elementwise(slots: int) -> Callable[[Tensor, Tensor], int]:
     """Bytes a step must touch when it keeps ``slots`` full-size state tensors per parameter.
 
     Read param, grad and every slot; write param and every slot: ``(3 + 2 * slots) * nbytes``.
     """
-    return lambda p: (3 + 2 * slots) * p.numel() * p.element_size()
+    return lambda p, g: (3 + 2 * slots) * p.numel() * p.element_size()
 
 
-def _adafactor_bytes(p: Tensor) -> int:
+def _sparse_adam_bytes(p: Tensor, g: Tensor) -> int:
+    """SparseAdam touches only the rows its sparse gradient holds: read param, gradient values,
+    both moments and write param and moments there (7 x their bytes), plus the row indices."""
+    values, indices = g._values(), g._indices()
+    return 7 * values.numel() * values.element_size() + indices.numel() * indices.element_size()
+
+
+def _adafactor_bytes(p: Tensor, g: Tensor) -> int:
     """Adafactor keeps row/column statistics for matrices (negligible bytes): read p and g, write p.
 
     Vectors keep a full second moment, like an elementwise optimizer with one slot.
     """
     if p.dim() >= 2:
         return 3 * p.numel() * p.element_size()
-    return _elementwise(1)(p)
+    return _elementwise(1)(p, g)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,10 +57,16 @@ class OptimizerSpec:
     module: str  # module of compat / functional_optim that defines it
     torch_cls: Callable
     has_fused: bool  # torch has a fused (CPU and CUDA) kernel for it
-    bytes_touched: Callable[[Tensor], int]  # lower bound on memory traffic of one step, per param
+    # lower bound on memory traffic of one step, per (param, grad of the workload it runs on);
+    # None: no floor (the step's traffic depends on the objective it evaluates)
+    bytes_touched: Optional[Callable[[Tensor, Tensor], int]]
     elementwise: bool = True  # its math is elementwise (so flattening params does not change it)
     kwargs: dict = dataclasses.field(default_factory=dict)  # constructor kwargs (torch's defaults otherwise)
     variants: tuple = ()  # extra flag sets for the bitwise foreach-vs-for-loop check
+    foreach: bool = True  # torch has foreach=; False: one implementation (a for-loop) and no flags to pass
+    compilable: bool = True  # its functional step compiles (so compiled candidates are built when compiling)
+    # the workload it runs on, derived from each benchmark workload (None: the workload itself)
+    workload: Optional[Callable[[workloads.Workload], workloads.Workload]] = None
 
 
 _COMMON = ({"weight_decay": 0.1}, {"maximize": True})
@@ -75,6 +96,17 @@ SPECS = (
                   variants=_COMMON + ({"t0": 2.0, "lambd": 0.01},)),
     OptimizerSpec("Rprop", "rprop", "rprop", torch.optim.Rprop, False, _elementwise(2),
                   variants=({"maximize": True}, {"etas": (0.3, 1.5), "step_sizes": (1e-4, 1.0)})),
+    # one momentum slot; Newton-Schulz's matmuls come on top (compute, not traffic)
+    OptimizerSpec("Muon", "muon", "muon", torch.optim.Muon, False, _elementwise(1), elementwise=False,
+                  foreach=False, workload=workloads.matrices),
+    OptimizerSpec("SparseAdam", "sparse_adam", "sparse_adam", torch.optim.SparseAdam, False, _sparse_adam_bytes,
+                  elementwise=False, foreach=False, compilable=False, workload=workloads.sparse_rows),
+    # max_iter=2 (torch's max_eval = max_iter * 5 // 4 = 2): a step evaluates the objective, makes
+    # one iteration (memory update, two-loop recursion, move) and evaluates it again; a short memory
+    # (2 x history_size vectors of all parameters) is full, and the step's cost constant, from the 5th step
+    OptimizerSpec("LBFGS", "lbfgs", "lbfgs", torch.optim.LBFGS, False, None, elementwise=False,
+                  kwargs={"max_iter": 2, "history_size": 4}, foreach=False, compilable=False,
+                  workload=workloads.with_objective),
 )
 
 

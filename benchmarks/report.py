@@ -49,6 +49,11 @@ def _default_label(device: str) -> str:
     return "torch/foreach" if device.startswith("cuda") else "torch/for-loop"
 
 
+def _default_row(by: dict, device: str) -> Optional[dict]:
+    """torch's default implementation in one block: its for-loop where torch has no other (Muon, SparseAdam, LBFGS)."""
+    return by.get(_default_label(device)) or by.get("torch/for-loop")
+
+
 def _ratio(a: Optional[dict], b: Optional[dict]) -> Optional[float]:
     if a is None or b is None:
         return None
@@ -85,7 +90,7 @@ def summary_sections(result: dict) -> list:
     # (2) default vs our loop/foreach, bitwise foreach == for-loop
     body = []
     for (w, o), by in idx.items():
-        ref = by.get(default)
+        ref = _default_row(by, device)
         ours = {k: v for k, v in by.items() if k in OURS and not k.startswith("functional/compiled")}
         fastest = min(ours, key=lambda k: ours[k]["median_ms"]) if ours else None
         fe = by.get("compat/foreach", {}).get("foreach_bitwise_vs_own_for_loop")
@@ -97,7 +102,8 @@ def summary_sections(result: dict) -> list:
                      {True: "yes", False: "no", None: "–"}[fe], {True: "yes", False: "no", None: "–"}[tfe]])
     out.append(f"## torch's default ({default}) vs our paths\n\n"
                "Milliseconds per step. *Fastest eager path* is the fastest of compat for-loop/foreach/fused and "
-               "functional eager (ratio against torch's default). *Bitwise* compares parameters after the same "
+               "functional eager (ratio against torch's default; its for-loop where torch has no other "
+               "implementation). *Bitwise* compares parameters after the same "
                "steps: foreach against for-loop of the same family.\n\n"
                + _table(["workload", "optimizer", f"{default} ms", "compat/for-loop ms", "compat/foreach ms",
                          "fastest eager path", "compat foreach ≡ for-loop", "torch foreach ≡ for-loop"], body))
@@ -129,9 +135,11 @@ def summary_sections(result: dict) -> list:
             if comp is None:
                 continue
             adam_fused = by.get("torch/fused") if o == "Adam" else by.get("reference/Adam-fused")
-            best_torch = min((v for k, v in by.items() if k.startswith("torch/")), key=lambda v: v["median_ms"])
+            best_torch = min((v for k, v in by.items() if k.startswith("torch/")), key=lambda v: v["median_ms"],
+                             default=None)
             body.append([w, o, kind.split("/")[1], _ms(comp["median_ms"]), _ms(adam_fused and adam_fused["median_ms"]),
-                         _x(_ratio(comp, adam_fused)), f"{_label(best_torch)} {_ms(best_torch['median_ms'])}",
+                         _x(_ratio(comp, adam_fused)),
+                         f"{_label(best_torch)} {_ms(best_torch['median_ms'])}" if best_torch else "–",
                          _x(_ratio(comp, best_torch)), _ms(comp["floor_ms"])])
     if body:
         out.append("## Compiled functional step vs torch's fused Adam\n\n"
@@ -279,26 +287,33 @@ def targets_section(result: dict) -> str:
 
 def workload_section(result: dict, workload: str) -> str:
     rows = [r for r in result["rows"] if r["workload"] == workload]
-    default = _default_label(result["machine"]["device"])
+    device = result["machine"]["device"]
+    default = _default_label(device)
     idx = _index(rows)
     labels = [l for l in IMPL_ORDER if any(l in by for by in idx.values())]
     pivot = []
     for (w, o), by in idx.items():
-        floor = next(iter(by.values()))["floor_ms"]
-        pivot.append([o] + [_ms(by[l]["median_ms"]) if l in by else "–" for l in labels] + [_ms(floor)])
+        first = next(iter(by.values()))
+        name = f"{o} ({first['derived']})" if first.get("derived") else o
+        pivot.append([name] + [_ms(by[l]["median_ms"]) if l in by else "–" for l in labels]
+                     + [_ms(first["floor_ms"])])
     detail = []
     for (w, o), by in idx.items():
-        ref = by.get(default)
+        ref = _default_row(by, device)
         for l, r in by.items():
             same = by.get(f"torch/{r['impl']}") if r["family"] != "torch" else None
             bit = r.get("vs_torch_default_bitwise")
             eq = "≡" if bit else ("–" if bit is None else f"{r['vs_torch_default_max_abs_diff']:.1e}")
             iqr = f"{_ms(r['q1_ms'])}–{_ms(r['q3_ms'])}" if r.get("q1_ms") is not None else "–"
             detail.append([o, l, _ms(r["median_ms"]), iqr, _x(_ratio(r, ref)), _x(_ratio(r, same)),
-                           f"{r['floor_ms'] / r['median_ms']:.0%}", _mb(r["step_peak_bytes"]), _mb(r["state_bytes"]),
+                           "–" if r["floor_ms"] is None else f"{r['floor_ms'] / r['median_ms']:.0%}",
+                           _mb(r["step_peak_bytes"]), _mb(r["state_bytes"]),
                            f"{r['first_call_s']:.2f}", eq])
     return (f"## {result['workloads'][workload]}\n\n"
-            "Median milliseconds per step (last column: bandwidth floor).\n\n"
+            "Median milliseconds per step (last column: bandwidth floor; – where none applies). An optimizer "
+            "named with a note in brackets runs on what the note says, derived from this workload "
+            "(`benchmarks/README.md`). Ratios to torch's default use its for-loop where torch has no other "
+            "implementation.\n\n"
             + _table(["optimizer"] + labels + ["floor"], pivot)
             + "\n\n<details><summary>Details</summary>\n\n"
             + _table(["optimizer", "implementation", "median ms", "IQR ms", f"÷ {default}", "÷ torch same impl",
@@ -353,10 +368,10 @@ def plot(result: dict, path: str) -> bool:
             xs = [i + (j - (len(labels) - 1) / 2) * width for i, o in enumerate(idx) if l in idx[o]]
             ys = [idx[o][l]["median_ms"] for o in idx if l in idx[o]]
             ax.bar(xs, ys, width, label=l, color=colors(j % 10))
-        for i, (o, by) in enumerate(idx.items()):
-            floor = next(iter(by.values()))["floor_ms"]
+        floors = [(i, next(iter(by.values()))["floor_ms"]) for i, by in enumerate(idx.values())]
+        for j, (i, floor) in enumerate((i, f) for i, f in floors if f is not None):
             ax.hlines(floor, i - 0.45, i + 0.45, colors="black", linestyles="--",
-                      label="bandwidth floor" if i == 0 else None)
+                      label="bandwidth floor" if j == 0 else None)
         ax.set_xticks(range(len(idx)), list(idx))
         ax.set_yscale("log")
         ax.set_ylabel("ms / step (median)")

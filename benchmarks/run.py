@@ -77,28 +77,36 @@ def machine_info(device: torch.device) -> dict:
 
 def build_candidates(opt: registry.Available, work: workloads.Workload, device: torch.device, compiled: bool,
                      compile_torch_step: bool, adam_fused_ref: bool, notes: list) -> list:
-    """Every implementation of ``opt`` this checkout and device offer, each with its own copy of the work."""
+    """Every implementation of ``opt`` this checkout and device offer, each with its own copy of the work.
+
+    ``work`` is the workload ``opt`` runs on (``spec.workload`` applied); its ``objective``, if any,
+    goes to every candidate. Optimizers that do not compile (``spec.compilable``) get no compiled ones.
+    """
     spec, p, g, kw = opt.spec, work.params, work.grads, opt.spec.kwargs
-    impls = ["for-loop", "foreach"] + (["fused"] if spec.has_fused else [])
-    makers = [(f"torch/{i}", lambda i=i: OptimCandidate("torch", spec.torch_cls, i, p, g, kw)) for i in impls]
+    compiled, compile_torch_step = compiled and spec.compilable, compile_torch_step and spec.compilable
+
+    def optim(family: str, cls: type, impl: str) -> OptimCandidate:
+        return OptimCandidate(family, cls, impl, p, g, kw, impl_flags=spec.foreach, objective=work.objective)
+
+    def functional(compiled: bool, inplace: bool = False) -> FunctionalCandidate:
+        return FunctionalCandidate(opt.functional, compiled, p, g, kw, inplace=inplace, objective=work.objective)
+
+    impls = ["for-loop"] + (["foreach"] if spec.foreach else []) + (["fused"] if spec.has_fused else [])
+    makers = [(f"torch/{i}", lambda i=i: optim("torch", spec.torch_cls, i)) for i in impls]
     if opt.compat_cls is not None:
         compat_impls = [i for i in impls if i != "fused" or getattr(opt.compat_cls, "fused_step", None) is not None]
         if len(compat_impls) < len(impls):
             notes.append(f"{spec.name}: compat has no fused implementation yet")
-        makers += [(f"compat/{i}", lambda i=i: OptimCandidate("compat", opt.compat_cls, i, p, g, kw))
-                   for i in compat_impls]
+        makers += [(f"compat/{i}", lambda i=i: optim("compat", opt.compat_cls, i)) for i in compat_impls]
     if opt.functional is not None:
-        makers.append(("functional/eager", lambda: FunctionalCandidate(opt.functional, False, p, g, kw)))
+        makers.append(("functional/eager", lambda: functional(False)))
         if compiled:
-            makers.append(("functional/compiled", lambda: FunctionalCandidate(opt.functional, True, p, g, kw)))
-            makers.append(("functional/compiled-inplace",
-                           lambda: FunctionalCandidate(opt.functional, True, p, g, kw, inplace=True)))
+            makers.append(("functional/compiled", lambda: functional(True)))
+            makers.append(("functional/compiled-inplace", lambda: functional(True, inplace=True)))
     if compile_torch_step:
-        makers.append(("torch/compiled-step",
-                       lambda: OptimCandidate("torch", spec.torch_cls, "compiled-step", p, g, kw)))
+        makers.append(("torch/compiled-step", lambda: optim("torch", spec.torch_cls, "compiled-step")))
         if opt.compat_cls is not None:
-            makers.append(("compat/compiled-step",
-                           lambda: OptimCandidate("compat", opt.compat_cls, "compiled-step", p, g, kw)))
+            makers.append(("compat/compiled-step", lambda: optim("compat", opt.compat_cls, "compiled-step")))
     if adam_fused_ref and spec.name != "Adam":
         def adam_ref():
             c = OptimCandidate("torch", torch.optim.Adam, "fused", p, g, {})
@@ -133,7 +141,14 @@ def _compare(c, ref) -> dict:
 
 
 def bench_block(opt, work, device, args, bw: float, notes: list) -> list:
-    """Time every implementation of one optimizer on one workload; one row per implementation."""
+    """Time every implementation of one optimizer on one workload; one row per implementation.
+
+    An optimizer with a ``spec.workload`` runs on the workload derived from ``work`` (a note and
+    each row's ``derived`` say how).
+    """
+    if opt.spec.workload is not None:
+        work = opt.spec.workload(work)
+        notes.append(f"{opt.name} on {work.name}: {work.derived}")
     compiled = (not args.no_compile and work.name in args.compile_workloads
                 and (args.compile_optimizers is None or opt.name.lower() in args.compile_optimizers))
     if compiled:
@@ -151,8 +166,10 @@ def bench_block(opt, work, device, args, bw: float, notes: list) -> list:
     samples = time_interleaved(candidates, args.reps, device, progress=f"    timing {len(candidates)} implementations")
     bw = max(bw, bandwidth(device, reps=5)["best"])  # re-measured next to this block's timings
     by_label = {c.label: c for c in candidates}
-    ref = by_label.get(f"torch/{compile_study.default_impl(device)}")
-    floor_s = sum(opt.spec.bytes_touched(p) for p in work.params) / bw
+    # torch's default implementation; its for-loop where it has no other (Muon, SparseAdam, LBFGS)
+    ref = by_label.get(f"torch/{compile_study.default_impl(device)}") or by_label.get("torch/for-loop")
+    touched = opt.spec.bytes_touched
+    floor_s = None if touched is None else sum(touched(p, g) for p, g in zip(work.params, work.grads)) / bw
     rows = []
     for c in candidates:
         row = {
@@ -164,11 +181,13 @@ def bench_block(opt, work, device, args, bw: float, notes: list) -> list:
             "min_ms": 1e3 * min(samples[c.label]),
             "q1_ms": 1e3 * statistics.quantiles(samples[c.label], n=4)[0] if len(samples[c.label]) > 1 else None,
             "q3_ms": 1e3 * statistics.quantiles(samples[c.label], n=4)[2] if len(samples[c.label]) > 1 else None,
-            "floor_ms": 1e3 * floor_s,
+            "floor_ms": None if floor_s is None else 1e3 * floor_s,
             "bandwidth_gbs": bw / 1e9,
             "first_call_s": c.first_call_s,
             "state_bytes": c.state_bytes(),
         }
+        if work.derived:
+            row["derived"] = work.derived
         if c.compile_info is not None:
             row.update(c.compile_info.as_dict())
         if ref is not None and c is not ref and c.family != "reference":

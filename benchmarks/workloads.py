@@ -7,16 +7,23 @@
   Overhead-bound: the step's cost is mostly per-tensor dispatch / Python.
 * ``large`` — 8 blocks at width 1024 plus a 32000x1024 embedding: 134M parameters in 67 tensors
   (for GPUs; ``--large``).
+
+Optimizers that cannot take a workload as it is run on a workload derived from it (the
+:attr:`~benchmarks.registry.OptimizerSpec.workload` of their spec): :func:`matrices` (Muon: the
+2-D parameters only), :func:`sparse_rows` (SparseAdam: embedding-style sparse gradients) and
+:func:`with_objective` (L-BFGS: a loss to evaluate, :class:`Quadratic`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Callable, Optional
 
 import torch
+from torch import Tensor
 
-__all__ = ["Workload", "WORKLOADS", "make", "describe"]
+__all__ = ["Workload", "WORKLOADS", "make", "describe", "matrices", "sparse_rows", "Quadratic", "with_objective"]
 
 
 def _blocks(n_blocks: int, width: int) -> list[tuple[int, ...]]:
@@ -39,6 +46,8 @@ class Workload:
     name: str
     params: list  # float32 tensors (templates: every candidate clones them)
     grads: list
+    derived: str = ""  # how this was derived from workload ``name`` ("" for the workload itself)
+    objective: Optional[Callable] = None  # params -> (loss, grads), for optimizers whose step evaluates the loss
 
     @property
     def numel(self) -> int:
@@ -64,3 +73,64 @@ def make(name: str, device: torch.device, dtype: torch.dtype = torch.float32, se
     params = [torch.randn(s, generator=gen, dtype=dtype).to(device) for s in _SHAPES[name]]
     grads = [torch.randn(s, generator=gen, dtype=dtype).mul_(1e-2).to(device) for s in _SHAPES[name]]
     return Workload(name, params, grads)
+
+
+def matrices(work: Workload) -> Workload:
+    """The 2-D parameters of ``work`` and their gradients (what Muon optimizes)."""
+    keep = [i for i, p in enumerate(work.params) if p.dim() == 2]
+    numel = sum(work.params[i].numel() for i in keep)
+    return dataclasses.replace(work, params=[work.params[i] for i in keep], grads=[work.grads[i] for i in keep],
+                               derived=f"2-D tensors only: {len(keep)} tensors, {numel / 1e6:.2f}M params")
+
+
+SPARSE_FRACTION = 0.1  # rows of each parameter a sparse gradient holds
+
+
+def sparse_rows(work: Workload, fraction: float = SPARSE_FRACTION, seed: int = 1) -> Workload:
+    """``work`` with embedding-style sparse gradients (what SparseAdam takes).
+
+    Each gradient is a coalesced COO tensor holding the dense gradient's values on a fixed random
+    ``fraction`` of its rows (of its entries for a vector), like ``nn.Embedding(sparse=True)``'s
+    gradient for a batch that looks up those rows; the other rows get no update.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    grads = []
+    for g in work.grads:
+        k = max(1, round(fraction * g.shape[0]))
+        rows = torch.randperm(g.shape[0], generator=gen)[:k].sort().values.to(g.device)
+        grads.append(torch.sparse_coo_tensor(rows.unsqueeze(0), g[rows], g.shape, check_invariants=True).coalesce())
+    return dataclasses.replace(work, grads=grads, derived=f"sparse COO gradients on a fixed {fraction:.0%} of each "
+                                                           f"tensor's rows")
+
+
+class Quadratic:
+    """``f(params) = sum_i sum(scale_i * (p_i - target_i)^2)``: a deterministic objective over a
+    workload's tensors, with its gradient ``2 scale_i (p_i - target_i)`` computed directly.
+
+    ``target_i`` is standard normal and ``scale_i`` log-uniform in ``[1e-3, 1]`` (fixed by
+    ``seed``): ill-conditioned enough that L-BFGS does not converge (and stop early on its
+    tolerances) within a benchmark's steps. Calling it on a list of tensors returns ``(loss,
+    grads)``, the ``value_and_grad_fn`` of ``fo.lbfgs``; the same arithmetic for every caller, so
+    equal parameters get bitwise equal losses and gradients.
+    """
+
+    def __init__(self, params: list, seed: int = 2) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        self.targets = [torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device) for p in params]
+        self.scales = [torch.empty(p.shape, dtype=p.dtype).uniform_(math.log(1e-3), 0.0, generator=gen).exp_()
+                       .to(p.device) for p in params]
+
+    def __call__(self, params: list) -> tuple[Tensor, list]:
+        losses, grads = [], []
+        for p, t, s in zip(params, self.targets, self.scales):
+            d = p - t
+            sd = s * d
+            losses.append((sd * d).sum())
+            grads.append(sd + sd)
+        return torch.stack(losses).sum(), grads
+
+
+def with_objective(work: Workload) -> Workload:
+    """``work`` with a :class:`Quadratic` objective (what L-BFGS's ``step(closure)`` evaluates)."""
+    return dataclasses.replace(work, objective=Quadratic(work.params),
+                               derived="step(closure) on a separable quadratic objective")
