@@ -63,3 +63,14 @@ def test_the_foreach_path_is_taken_only_where_nothing_needs_the_per_tensor_form(
     assert seen == [PURE]  # inside functorch transforms
     torch.compile(lambda x: seen.append(eager_ops_for([x], [x])) or x, backend="eager")(torch.zeros(3))
     assert seen[-1] is PURE  # under torch.compile
+
+
+def test_writable_lists_are_never_written_into_by_later_underscore_ops():
+    """A list ``writable`` hands out may be given to in-place-style ops: in the pure foreach path
+    those compute new tensors, so the list's tensors (e.g. a new state the update also returns)
+    keep their values."""
+    made = FOREACH_PURE.mul_([torch.ones(3)], 2.0)  # a list of the update's own tensors
+    before = made[0].clone()
+    FOREACH_PURE.add_(FOREACH_PURE.writable(made), 1.0)
+    FOREACH_PURE.rsqrt_at_least_(FOREACH_PURE.writable(made), 0.5)
+    assert torch.equal(made[0], before)

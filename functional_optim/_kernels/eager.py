@@ -173,6 +173,11 @@ class ForeachPureOps(PureOps):
     def clone(self, xs):
         return _Fresh(x.clone() for x in xs)
 
+    def writable(self, xs):
+        # A plain list: the underscore ops that follow compute out of place, so tensors of ``xs``
+        # that the update returns elsewhere (Adafactor's new ``variance``) are never overwritten.
+        return list(xs)
+
     def increment_(self, steps):
         return _Fresh(torch._foreach_add(steps, 1))
 
