@@ -13,6 +13,7 @@ from .asgd import ASGD
 from .muon import Muon
 from .sparse_adam import SparseAdam
 from .lbfgs import LBFGS
+from .lion import Lion
 from .nadam import NAdam
 from .radam import RAdam
 from .rprop import Rprop
@@ -21,4 +22,4 @@ from .sgd import SGD
 from .optimizer import FunctionalOptimizer
 from .transformation import TransformationOptimizer
 
-__all__ = ["Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "NAdam", "RAdam", "Adamax", "ASGD", "Rprop", "RMSprop", "SGD", "Muon", "SparseAdam", "LBFGS", "FunctionalOptimizer", "TransformationOptimizer"]
+__all__ = ["Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "NAdam", "RAdam", "Adamax", "ASGD", "Rprop", "RMSprop", "SGD", "Muon", "SparseAdam", "LBFGS", "Lion", "FunctionalOptimizer", "TransformationOptimizer"]

@@ -18,6 +18,7 @@ from .sgd import SGDHParams, SGDState, SGDStatic, sgd
 from .muon import MuonHParams, MuonState, MuonStatic, muon, newton_schulz
 from .sparse_adam import SparseAdamHParams, SparseAdamState, SparseAdamStatic, sparse_adam
 from .lbfgs import LBFGSHParams, LBFGSState, LBFGSStatic, lbfgs
+from .lion import ScaleByLionHParams, ScaleByLionState, lion, scale_by_lion
 from . import schedules
 from .accumulate import MultiSteps, MultiStepsState
 from .base import GradientTransformation, apply_updates
@@ -190,6 +191,10 @@ __all__ = [
     "set_to_zero",
     "trace",
     "zero_nans",
+    "lion",
+    "scale_by_lion",
+    "ScaleByLionHParams",
+    "ScaleByLionState",
     "EMPTY",
     "FlatLayout",
     "step_",
