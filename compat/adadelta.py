@@ -3,18 +3,17 @@
 # No ``from __future__ import annotations``: the constructor's signature, annotations included,
 # is torch's own (``inspect.signature`` compares equal).
 
-import torch
 from torch import Tensor
 from torch.optim.optimizer import (
     ParamsT,
     _default_to_fused_or_foreach,
     _get_capturable_supported_devices,
-    _get_scalar_dtype,
 )
 
 from functional_optim import _validate
 from functional_optim.adadelta import ADADELTA
 
+from ._rules import upgrade_state
 from .optimizer import FunctionalOptimizer
 
 __all__ = ["Adadelta"]
@@ -64,20 +63,7 @@ class Adadelta(FunctionalOptimizer):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("foreach", None)
-            group.setdefault("maximize", False)
-            group.setdefault("differentiable", False)
-            group.setdefault("capturable", False)
-            for p in group["params"]:
-                p_state = self.state.get(p, [])
-                if len(p_state) != 0 and not torch.is_tensor(p_state["step"]):
-                    step_val = float(p_state["step"])
-                    p_state["step"] = (
-                        torch.tensor(step_val, dtype=_get_scalar_dtype(), device=p.device)
-                        if group["capturable"]
-                        else torch.tensor(step_val, dtype=_get_scalar_dtype())
-                    )
+        upgrade_state(self, {"foreach": None, "maximize": False, "differentiable": False, "capturable": False})
 
     def _use_foreach(self, group: dict, params: list) -> bool:
         """torch.optim.adadelta's rule: the default foreach choice, whatever ``lr``'s type."""

@@ -5,11 +5,12 @@
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import Optimizer, ParamsT, _get_scalar_dtype
+from torch.optim.optimizer import Optimizer, ParamsT
 
 from functional_optim import _validate
 from functional_optim.adafactor import ADAFACTOR
 
+from ._rules import upgrade_state
 from .optimizer import FunctionalOptimizer
 
 __all__ = ["Adafactor"]
@@ -53,12 +54,7 @@ class Adafactor(FunctionalOptimizer):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("foreach", None)
-            for p in group["params"]:
-                p_state = self.state.get(p, [])
-                if len(p_state) != 0 and not torch.is_tensor(p_state["step"]):
-                    p_state["step"] = torch.tensor(float(p_state["step"]), dtype=_get_scalar_dtype())
+        upgrade_state(self, {"foreach": None})  # no capturable: the step stays on the CPU
 
     @torch.no_grad()
     def step(self, closure=None):

@@ -13,7 +13,7 @@ from functional_optim._kernels.ops import nonzero
 from functional_optim.adamax import ADAMAX
 
 from .optimizer import FunctionalOptimizer
-from .radam import check_step, default_foreach, upgrade_state
+from ._rules import check_step, default_foreach, upgrade_state
 
 __all__ = ["Adamax"]
 

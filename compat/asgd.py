@@ -13,7 +13,7 @@ from functional_optim import _validate
 from functional_optim.asgd import ASGD as ASGD_DEFINITION
 
 from .optimizer import FunctionalOptimizer
-from .radam import check_step, default_foreach, upgrade_state
+from ._rules import check_step, default_foreach, upgrade_state
 
 __all__ = ["ASGD"]
 

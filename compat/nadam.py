@@ -8,12 +8,12 @@ from torch.optim.optimizer import (
     ParamsT,
     _default_to_fused_or_foreach,
     _get_capturable_supported_devices,
-    _get_scalar_dtype,
 )
 
 from functional_optim import _validate
 from functional_optim.nadam import NADAM
 
+from ._rules import upgrade_state
 from .optimizer import FunctionalOptimizer
 
 __all__ = ["NAdam"]
@@ -66,20 +66,8 @@ class NAdam(FunctionalOptimizer):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("maximize", False)
-            group.setdefault("foreach", None)
-            group.setdefault("capturable", False)
-            group.setdefault("differentiable", False)
-            group.setdefault("decoupled_weight_decay", False)
-            for p in group["params"]:
-                p_state = self.state.get(p, [])
-                if len(p_state) == 0:
-                    continue
-                for key in ("step", "mu_product"):
-                    if not torch.is_tensor(p_state[key]):
-                        device = p.device if group["capturable"] else None
-                        p_state[key] = torch.tensor(float(p_state[key]), dtype=_get_scalar_dtype(), device=device)
+        upgrade_state(self, {"maximize": False, "foreach": None, "capturable": False, "differentiable": False,
+                             "decoupled_weight_decay": False}, scalar_keys=("step", "mu_product"))
 
     def _init_param_state(self, p: Tensor, group: dict) -> dict:
         state = super()._init_param_state(p, group)

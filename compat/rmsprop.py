@@ -7,11 +7,12 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import ParamsT, _default_to_fused_or_foreach, _get_scalar_dtype
+from torch.optim.optimizer import ParamsT, _default_to_fused_or_foreach
 
 from functional_optim._kernels.ops import nonzero
 from functional_optim.rmsprop import RMSPROP, RMSpropHParams, RMSpropStatic, validate
 
+from ._rules import upgrade_state
 from .optimizer import FunctionalOptimizer
 
 __all__ = ["RMSprop"]
@@ -60,22 +61,8 @@ class RMSprop(FunctionalOptimizer):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("momentum", 0)
-            group.setdefault("centered", False)
-            group.setdefault("foreach", None)
-            group.setdefault("maximize", False)
-            group.setdefault("differentiable", False)
-            group.setdefault("capturable", False)
-            for p in group["params"]:
-                p_state = self.state.get(p, [])
-                if len(p_state) != 0 and not torch.is_tensor(p_state["step"]):
-                    step_val = float(p_state["step"])
-                    p_state["step"] = (
-                        torch.tensor(step_val, dtype=_get_scalar_dtype(), device=p.device)
-                        if group["capturable"]
-                        else torch.tensor(step_val, dtype=_get_scalar_dtype())
-                    )
+        upgrade_state(self, {"momentum": 0, "centered": False, "foreach": None, "maximize": False,
+                             "differentiable": False, "capturable": False})
 
     def _static(self, group: dict) -> RMSpropStatic:
         return RMSpropStatic(centered=group["centered"], has_momentum=bool(group["momentum"] > 0),

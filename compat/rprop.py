@@ -10,7 +10,7 @@ from functional_optim import _validate
 from functional_optim.rprop import RPROP, check_etas, initial_step_size
 
 from .optimizer import FunctionalOptimizer
-from .radam import check_step, default_foreach, upgrade_state
+from ._rules import check_step, default_foreach, upgrade_state
 
 __all__ = ["Rprop"]
 

@@ -97,7 +97,7 @@ def capturable_on_cpu(monkeypatch):
 
     for name in ("radam", "adamax", "asgd", "rprop"):
         monkeypatch.setattr(importlib.import_module(f"torch.optim.{name}"), "_get_capturable_supported_devices", with_cpu)
-    monkeypatch.setattr(importlib.import_module("compat.radam"), "_get_capturable_supported_devices", with_cpu)
+    monkeypatch.setattr(importlib.import_module("compat._rules"), "_get_capturable_supported_devices", with_cpu)
 
 
 def fresh_params(dtype: torch.dtype, differentiable: bool = False) -> list[torch.Tensor]:
