@@ -14,6 +14,7 @@ from .muon import Muon
 from .sparse_adam import SparseAdam
 from .lbfgs import LBFGS
 from .lion import Lion
+from .schedule_free import AdamWScheduleFree, SGDScheduleFree
 from .nadam import NAdam
 from .radam import RAdam
 from .rprop import Rprop
@@ -22,4 +23,4 @@ from .sgd import SGD
 from .optimizer import FunctionalOptimizer
 from .transformation import TransformationOptimizer
 
-__all__ = ["Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "NAdam", "RAdam", "Adamax", "ASGD", "Rprop", "RMSprop", "SGD", "Muon", "SparseAdam", "LBFGS", "Lion", "FunctionalOptimizer", "TransformationOptimizer"]
+__all__ = ["Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "NAdam", "RAdam", "Adamax", "ASGD", "Rprop", "RMSprop", "SGD", "Muon", "SparseAdam", "LBFGS", "Lion", "AdamWScheduleFree", "SGDScheduleFree", "FunctionalOptimizer", "TransformationOptimizer"]

@@ -19,6 +19,17 @@ from .muon import MuonHParams, MuonState, MuonStatic, muon, newton_schulz
 from .sparse_adam import SparseAdamHParams, SparseAdamState, SparseAdamStatic, sparse_adam
 from .lbfgs import LBFGSHParams, LBFGSState, LBFGSStatic, lbfgs
 from .lion import ScaleByLionHParams, ScaleByLionState, lion, scale_by_lion
+from .schedule_free import (
+    ScheduleFreeAdamWHParams,
+    ScheduleFreeHParams,
+    ScheduleFreeSGDHParams,
+    ScheduleFreeState,
+    schedule_free,
+    schedule_free_adamw,
+    schedule_free_eval_params,
+    schedule_free_sgd,
+    schedule_free_train_params,
+)
 from . import schedules
 from .accumulate import MultiSteps, MultiStepsState
 from .base import GradientTransformation, apply_updates
@@ -195,6 +206,15 @@ __all__ = [
     "scale_by_lion",
     "ScaleByLionHParams",
     "ScaleByLionState",
+    "schedule_free",
+    "schedule_free_adamw",
+    "schedule_free_sgd",
+    "schedule_free_eval_params",
+    "schedule_free_train_params",
+    "ScheduleFreeHParams",
+    "ScheduleFreeState",
+    "ScheduleFreeAdamWHParams",
+    "ScheduleFreeSGDHParams",
     "EMPTY",
     "FlatLayout",
     "step_",

@@ -1,0 +1,111 @@
+"""``compat.AdamWScheduleFree`` / ``compat.SGDScheduleFree``: ``schedulefree``'s classes over
+:func:`functional_optim.schedule_free_adamw` / :func:`functional_optim.schedule_free_sgd`."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Tuple, Union
+
+import torch
+from torch.optim.optimizer import ParamsT
+
+from functional_optim.schedule_free import schedule_free_adamw, schedule_free_sgd
+
+from .transformation import TransformationOptimizer
+
+__all__ = ["AdamWScheduleFree", "SGDScheduleFree"]
+
+_NOT_TRAIN = ("Optimizer was not in train mode when step is called. Please insert .train() and .eval() calls on the "
+              "optimizer. See documentation for details.")
+
+
+class _ScheduleFree(TransformationOptimizer):
+    """The train/eval switch of ``schedulefree``: ``train()`` moves the params from ``x`` to
+    ``y = lerp(x, z, 1 - b1)``, ``eval()`` back with ``x = lerp(y, z, 1 - 1/b1)``; ``step``
+    refuses to run in eval mode. Optimizers start in eval mode, as the reference's."""
+
+    _b1_key: str
+
+    def _setup(self, foreach) -> None:
+        for group in self.param_groups:
+            group.setdefault("train_mode", False)
+            group.setdefault("foreach", foreach)
+        self.defaults["train_mode"] = False
+        self.defaults["foreach"] = foreach
+
+    def _b1(self, group):
+        return group["betas"][0] if self._b1_key == "betas" else group["momentum"]
+
+    def _switch(self, to_train: bool) -> None:
+        for group in self.param_groups:
+            if group["train_mode"] == to_train:
+                continue
+            b1 = self._b1(group)
+            weight = 1 - b1 if to_train else 1 - 1 / b1
+            for p in group["params"]:
+                state = self.state[p]
+                if "z" in state:
+                    p.lerp_(end=state["z"].to(p.device), weight=weight)
+            group["train_mode"] = to_train
+
+    @torch.no_grad()
+    def eval(self) -> None:
+        """Set the params to the evaluation point ``x`` (call before evaluating or saving)."""
+        self._switch(False)
+
+    @torch.no_grad()
+    def train(self) -> None:
+        """Set the params to the training point ``y`` (call before training steps)."""
+        self._switch(True)
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], float]] = None):
+        """Perform a single optimization step (in train mode).
+
+        Args:
+            closure (Callable, optional): A closure that reevaluates the model and returns the loss.
+        """
+        if not self.param_groups[0]["train_mode"]:
+            raise Exception(_NOT_TRAIN)
+        return super().step(closure)
+
+
+class AdamWScheduleFree(_ScheduleFree):
+    """Schedule-Free AdamW (Defazio et al., 2024, https://arxiv.org/abs/2405.15682) with
+    ``schedulefree.AdamWScheduleFree``'s signature, defaults and ``train()``/``eval()`` switch.
+
+    Each step is :func:`functional_optim.schedule_free_adamw`; the params equal the reference's
+    up to rounding. ``foreach`` is accepted and kept in the groups; the math is the same.
+    The state per parameter holds ``z`` and ``base_state.0.nu`` (the reference's
+    ``exp_avg_sq``); the step count, weight sum and ``lr_max`` are stored with the group's first
+    parameter (the reference keeps ``k``, ``weight_sum`` and ``lr_max`` in the param group).
+    """
+
+    _b1_key = "betas"
+
+    def __init__(self, params: ParamsT, lr: Union[float, torch.Tensor] = 0.0025,
+                 betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0,
+                 warmup_steps: int = 0, r: float = 0.0, weight_lr_power: float = 2.0,
+                 foreach: Optional[bool] = hasattr(torch, "_foreach_mul_")) -> None:
+        tx = schedule_free_adamw(lr, tuple(betas), eps, weight_decay, warmup_steps, r, weight_lr_power)
+        super().__init__(params, tx, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                         warmup_steps=warmup_steps, r=r, weight_lr_power=weight_lr_power)
+        self._setup(foreach)
+
+
+class SGDScheduleFree(_ScheduleFree):
+    """Schedule-Free SGD (Defazio et al., 2024, https://arxiv.org/abs/2405.15682) with
+    ``schedulefree.SGDScheduleFree``'s signature, defaults, checks and ``train()``/``eval()`` switch.
+
+    Each step is :func:`functional_optim.schedule_free_sgd`; the params equal the reference's up
+    to rounding. ``foreach`` is accepted and kept in the groups.
+    """
+
+    _b1_key = "momentum"
+
+    def __init__(self, params: ParamsT, lr: Union[float, torch.Tensor] = 1.0, momentum: float = 0.9,
+                 weight_decay: float = 0, warmup_steps: int = 0, r: float = 0.0, weight_lr_power: float = 2,
+                 foreach: Optional[bool] = hasattr(torch, "_foreach_mul_")) -> None:
+        tx = schedule_free_sgd(lr, momentum, weight_decay, warmup_steps, r, weight_lr_power)
+        super().__init__(params, tx, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                         warmup_steps=warmup_steps, r=r, weight_lr_power=weight_lr_power)
+        self._setup(foreach)
