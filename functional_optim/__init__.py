@@ -5,6 +5,7 @@
 """
 
 from .adafactor import AdafactorHParams, AdafactorState, AdafactorStatic, adafactor
+from .adabelief import ScaleByBeliefHParams, ScaleByBeliefState, adabelief, scale_by_belief
 from .adagrad import AdagradHParams, AdagradState, AdagradStatic, adagrad
 from .adadelta import AdadeltaHParams, AdadeltaState, AdadeltaStatic, adadelta
 from .adam import AdamHParams, AdamState, AdamStatic, adam, adamw
@@ -92,6 +93,10 @@ from ._serialization import register_safe_globals as _register_safe_globals
 _register_safe_globals()  # every state type loads with torch.load(weights_only=True)
 
 __all__ = [
+    "adabelief",
+    "scale_by_belief",
+    "ScaleByBeliefHParams",
+    "ScaleByBeliefState",
     "GradientTransformation",
     "apply_updates",
     "adam",
