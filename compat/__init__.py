@@ -6,6 +6,7 @@ errors, ``param_groups``, ``state_dict`` layout, hooks, schedulers and implement
 
 from .adadelta import Adadelta
 from .adabelief import AdaBelief
+from .adopt import ADOPT
 from .adafactor import Adafactor
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
@@ -24,4 +25,4 @@ from .sgd import SGD
 from .optimizer import FunctionalOptimizer
 from .transformation import TransformationOptimizer
 
-__all__ = ["AdaBelief", "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "NAdam", "RAdam", "Adamax", "ASGD", "Rprop", "RMSprop", "SGD", "Muon", "SparseAdam", "LBFGS", "Lion", "AdamWScheduleFree", "SGDScheduleFree", "FunctionalOptimizer", "TransformationOptimizer"]
+__all__ = ["AdaBelief", "ADOPT", "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "NAdam", "RAdam", "Adamax", "ASGD", "Rprop", "RMSprop", "SGD", "Muon", "SparseAdam", "LBFGS", "Lion", "AdamWScheduleFree", "SGDScheduleFree", "FunctionalOptimizer", "TransformationOptimizer"]

@@ -6,6 +6,7 @@
 
 from .adafactor import AdafactorHParams, AdafactorState, AdafactorStatic, adafactor
 from .adabelief import ScaleByBeliefHParams, ScaleByBeliefState, adabelief, scale_by_belief
+from .adopt import ScaleByAdoptHParams, ScaleByAdoptState, adopt, scale_by_adopt
 from .adagrad import AdagradHParams, AdagradState, AdagradStatic, adagrad
 from .adadelta import AdadeltaHParams, AdadeltaState, AdadeltaStatic, adadelta
 from .adam import AdamHParams, AdamState, AdamStatic, adam, adamw
@@ -97,6 +98,10 @@ __all__ = [
     "scale_by_belief",
     "ScaleByBeliefHParams",
     "ScaleByBeliefState",
+    "adopt",
+    "scale_by_adopt",
+    "ScaleByAdoptHParams",
+    "ScaleByAdoptState",
     "GradientTransformation",
     "apply_updates",
     "adam",
