@@ -7,6 +7,7 @@ errors, ``param_groups``, ``state_dict`` layout, hooks, schedulers and implement
 from .adadelta import Adadelta
 from .adabelief import AdaBelief
 from .adopt import ADOPT
+from .ademamix import AdEMAMix
 from .adafactor import Adafactor
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
@@ -16,6 +17,7 @@ from .muon import Muon
 from .sparse_adam import SparseAdam
 from .lbfgs import LBFGS
 from .lion import Lion
+from .prodigy import Prodigy
 from .schedule_free import AdamWScheduleFree, SGDScheduleFree
 from .nadam import NAdam
 from .radam import RAdam
@@ -25,4 +27,4 @@ from .sgd import SGD
 from .optimizer import FunctionalOptimizer
 from .transformation import TransformationOptimizer
 
-__all__ = ["AdaBelief", "ADOPT", "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "NAdam", "RAdam", "Adamax", "ASGD", "Rprop", "RMSprop", "SGD", "Muon", "SparseAdam", "LBFGS", "Lion", "AdamWScheduleFree", "SGDScheduleFree", "FunctionalOptimizer", "TransformationOptimizer"]
+__all__ = ["AdaBelief", "ADOPT", "AdEMAMix", "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "NAdam", "RAdam", "Adamax", "ASGD", "Rprop", "RMSprop", "SGD", "Muon", "SparseAdam", "LBFGS", "Lion", "Prodigy", "AdamWScheduleFree", "SGDScheduleFree", "FunctionalOptimizer", "TransformationOptimizer"]

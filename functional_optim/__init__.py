@@ -7,6 +7,7 @@
 from .adafactor import AdafactorHParams, AdafactorState, AdafactorStatic, adafactor
 from .adabelief import ScaleByBeliefHParams, ScaleByBeliefState, adabelief, scale_by_belief
 from .adopt import ScaleByAdoptHParams, ScaleByAdoptState, adopt, scale_by_adopt
+from .ademamix import ScaleByAdemamixHParams, ScaleByAdemamixState, ademamix, scale_by_ademamix
 from .adagrad import AdagradHParams, AdagradState, AdagradStatic, adagrad
 from .adadelta import AdadeltaHParams, AdadeltaState, AdadeltaStatic, adadelta
 from .adam import AdamHParams, AdamState, AdamStatic, adam, adamw
@@ -21,6 +22,7 @@ from .muon import MuonHParams, MuonState, MuonStatic, muon, newton_schulz
 from .sparse_adam import SparseAdamHParams, SparseAdamState, SparseAdamStatic, sparse_adam
 from .lbfgs import LBFGSHParams, LBFGSState, LBFGSStatic, lbfgs
 from .lion import ScaleByLionHParams, ScaleByLionState, lion, scale_by_lion
+from .prodigy import ProdigyHParams, ProdigyState, ProdigyStatic, prodigy
 from .schedule_free import (
     ScheduleFreeAdamWHParams,
     ScheduleFreeHParams,
@@ -87,6 +89,39 @@ from .transforms import (
     trace,
     zero_nans,
 )
+from .scaling import (
+    AddNoiseHParams,
+    AddNoiseState,
+    EmaHParams,
+    EmaState,
+    OrthogonalizeHParams,
+    ScaleByAdamHParams,
+    ScaleByAdamState,
+    ScaleByParamBlockHParams,
+    ScaleByPolyakHParams,
+    ScaleByRmsHParams,
+    ScaleByRmsState,
+    ScaleByRssHParams,
+    ScaleByRssState,
+    ScaleByScheduleState,
+    ScaleByStddevHParams,
+    ScaleByStddevState,
+    ScaleByTrustRatioHParams,
+    add_noise,
+    centralize,
+    ema,
+    orthogonalize,
+    safe_norm,
+    scale_by_adam,
+    scale_by_param_block_norm,
+    scale_by_param_block_rms,
+    scale_by_polyak,
+    scale_by_rms,
+    scale_by_rss,
+    scale_by_schedule,
+    scale_by_stddev,
+    scale_by_trust_ratio,
+)
 from .tree import EMPTY, Empty
 from ._autograd import AutogradChainWarning
 from ._serialization import register_safe_globals as _register_safe_globals
@@ -102,6 +137,10 @@ __all__ = [
     "scale_by_adopt",
     "ScaleByAdoptHParams",
     "ScaleByAdoptState",
+    "ademamix",
+    "scale_by_ademamix",
+    "ScaleByAdemamixHParams",
+    "ScaleByAdemamixState",
     "GradientTransformation",
     "apply_updates",
     "adam",
@@ -212,10 +251,45 @@ __all__ = [
     "set_to_zero",
     "trace",
     "zero_nans",
+    "AddNoiseHParams",
+    "AddNoiseState",
+    "EmaHParams",
+    "EmaState",
+    "OrthogonalizeHParams",
+    "ScaleByAdamHParams",
+    "ScaleByAdamState",
+    "ScaleByParamBlockHParams",
+    "ScaleByPolyakHParams",
+    "ScaleByRmsHParams",
+    "ScaleByRmsState",
+    "ScaleByRssHParams",
+    "ScaleByRssState",
+    "ScaleByScheduleState",
+    "ScaleByStddevHParams",
+    "ScaleByStddevState",
+    "ScaleByTrustRatioHParams",
+    "add_noise",
+    "centralize",
+    "ema",
+    "orthogonalize",
+    "safe_norm",
+    "scale_by_adam",
+    "scale_by_param_block_norm",
+    "scale_by_param_block_rms",
+    "scale_by_polyak",
+    "scale_by_rms",
+    "scale_by_rss",
+    "scale_by_schedule",
+    "scale_by_stddev",
+    "scale_by_trust_ratio",
     "lion",
     "scale_by_lion",
     "ScaleByLionHParams",
     "ScaleByLionState",
+    "prodigy",
+    "ProdigyHParams",
+    "ProdigyState",
+    "ProdigyStatic",
     "schedule_free",
     "schedule_free_adamw",
     "schedule_free_sgd",
