@@ -10,7 +10,8 @@ from torch.optim.optimizer import ParamsT
 
 from functional_optim.schedule_free import schedule_free_adamw, schedule_free_sgd
 
-from .transformation import TransformationOptimizer
+from .optimizer import check_grad_shapes
+from .transformation import TransformationOptimizer, _layout
 
 __all__ = ["AdamWScheduleFree", "SGDScheduleFree"]
 
@@ -21,7 +22,8 @@ _NOT_TRAIN = ("Optimizer was not in train mode when step is called. Please inser
 class _ScheduleFree(TransformationOptimizer):
     """The train/eval switch of ``schedulefree``: ``train()`` moves the params from ``x`` to
     ``y = lerp(x, z, 1 - b1)``, ``eval()`` back with ``x = lerp(y, z, 1 - 1/b1)``; ``step``
-    refuses to run in eval mode. Optimizers start in eval mode, as the reference's."""
+    refuses to run in eval mode. Optimizers start in eval mode, as the reference's. A param group
+    without any gradient still counts the step, as in the reference."""
 
     _b1_key: str
 
@@ -66,7 +68,28 @@ class _ScheduleFree(TransformationOptimizer):
         """
         if not self.param_groups[0]["train_mode"]:
             raise Exception(_NOT_TRAIN)
-        return super().step(closure)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        check_grad_shapes(self)
+        # as TransformationOptimizer.step, but a group whose grads are all None still counts the
+        # step (its k, weight sum and lr_max move on), as the reference's
+        for index, group in enumerate(self.param_groups):
+            params = list(group["params"])
+            if not self.state.get(params[0]):
+                state = self.transformation.init(params)
+                self._layouts[index] = layout = _layout(state, len(params))
+            else:
+                layout = self._group_layout(index, params)
+                state = self._read(params, layout)
+            updates, state = self.transformation.update([p.grad for p in params], state, params,
+                                                        self._hparams(group))
+            for p, u in zip(params, updates):
+                if u is not None:
+                    p.add_(u.to(p.dtype))
+            self._write(params, layout, state)
+        return loss
 
 
 class AdamWScheduleFree(_ScheduleFree):
