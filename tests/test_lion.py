@@ -149,3 +149,30 @@ def test_compile_fullgraph_no_recompile_and_vmap():
         exp, st = one(pb[b], gb[b])
         torch.testing.assert_close(out[b], exp)
         torch.testing.assert_close(mu[b], st)
+
+
+def test_state_dict_cross_loads_with_lion_pytorch():
+    import copy
+
+    init = [torch.randn(3, 2, dtype=torch.float64), torch.randn(4, dtype=torch.float64)]
+    ref_p = [p.clone().requires_grad_() for p in init]
+    our_p = [p.clone().requires_grad_() for p in init]
+    ref, ours = lion_pytorch.Lion(ref_p, lr=1e-2, weight_decay=0.1), Lion(our_p, lr=1e-2, weight_decay=0.1)
+    for _ in range(2):
+        for p, q in zip(ref_p, our_p):
+            g = torch.randn_like(p)
+            p.grad, q.grad = g.clone(), g.clone()
+        ref.step(), ours.step()
+    assert set(ours.state_dict()["state"][0]) == {"exp_avg"}
+    ours_from_ref = Lion([p.detach().clone().requires_grad_() for p in ref_p], lr=1e-2, weight_decay=0.1)
+    ours_from_ref.load_state_dict(copy.deepcopy(ref.state_dict()))
+    ref_from_ours = lion_pytorch.Lion([p.detach().clone().requires_grad_() for p in our_p], lr=1e-2, weight_decay=0.1)
+    ref_from_ours.load_state_dict(copy.deepcopy(ours.state_dict()))
+    g = [torch.randn_like(p) for p in init]
+    for opt in (ref, ours, ours_from_ref, ref_from_ours):
+        for p, gg in zip(opt.param_groups[0]["params"], g):
+            p.grad = gg.clone()
+        opt.step()
+    for opt in (ours, ours_from_ref, ref_from_ours):
+        for a, b in zip(ref.param_groups[0]["params"], opt.param_groups[0]["params"]):
+            torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
