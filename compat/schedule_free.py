@@ -49,6 +49,69 @@ class _ScheduleFree(TransformationOptimizer):
                     p.lerp_(end=state["z"].to(p.device), weight=weight)
             group["train_mode"] = to_train
 
+    # ------------------------------------------------------------------ checkpoints in schedulefree's layout
+    _NU, _REF_NU = "base_state.0.nu", "exp_avg_sq"
+
+    def state_dict(self) -> dict:
+        """torch's format in ``schedulefree``'s layout: each parameter's ``z`` (and ``exp_avg_sq``
+        for AdamW), each group's ``k``, ``weight_sum`` and ``lr_max`` as numbers in the group, so
+        a checkpoint loads into ``schedulefree``'s class and back."""
+        sd = super().state_dict()
+        state = {pid: dict(st) for pid, st in sd["state"].items()}
+        for group in sd["param_groups"]:
+            first = state.get(group["params"][0], {})
+            if "count" in first:
+                group["k"] = int(first.pop("count"))
+                group["weight_sum"] = float(first.pop("weight_sum"))
+                group["lr_max"] = float(first.pop("lr_max"))
+                first.pop("b1")
+                first.pop("base_state.0.count", None)
+            else:
+                group.update(k=0, weight_sum=0.0, lr_max=-1.0)
+            for pid in group["params"]:
+                st = state.get(pid)
+                if st is not None and self._NU in st:
+                    st[self._REF_NU] = st.pop(self._NU)
+        sd["state"] = state
+        return sd
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load a state dict of this class or of the ``schedulefree`` class it mirrors. A parameter
+        without state there (it never had a gradient) gets ``z`` = its current value, as the
+        reference would create it at its first gradient."""
+        if not (isinstance(state_dict, dict) and isinstance(state_dict.get("state"), dict)
+                and isinstance(state_dict.get("param_groups"), list)
+                and len(state_dict["param_groups"]) == len(self.param_groups)
+                and all("k" in g for g in state_dict["param_groups"])):
+            return super().load_state_dict(state_dict)
+        adam = self._b1_key == "betas"
+        state = {pid: dict(st) for pid, st in state_dict["state"].items()}
+        for group, saved in zip(self.param_groups, state_dict["param_groups"]):
+            ids = list(saved["params"])
+            if len(ids) != len(group["params"]) or not any(pid in state for pid in ids):
+                continue
+            for pid, p in zip(ids, group["params"]):
+                st = state.setdefault(pid, {})
+                if "z" not in st:
+                    st["z"] = p.detach().clone()
+                    if adam:
+                        st[self._REF_NU] = torch.zeros_like(p)
+                if adam:
+                    st[self._NU] = st.pop(self._REF_NU)
+            first = state[ids[0]]
+            dev = first["z"].device
+            count = torch.tensor(int(saved["k"]), dtype=torch.int32, device=dev)
+            first.update(count=count, weight_sum=torch.tensor(float(saved["weight_sum"]), dtype=torch.float64, device=dev),
+                         lr_max=torch.tensor(float(saved["lr_max"]), dtype=torch.float64, device=dev),
+                         b1=torch.tensor(float(saved["betas"][0] if adam else saved["momentum"]), dtype=torch.float64,
+                                         device=dev))
+            if adam:
+                first["base_state.0.count"] = count.clone()
+        super().load_state_dict(dict(state_dict, state=state))
+        for group in self.param_groups:
+            for key in ("k", "weight_sum", "lr_max", "scheduled_lr"):
+                group.pop(key, None)
+
     @torch.no_grad()
     def eval(self) -> None:
         """Set the params to the evaluation point ``x`` (call before evaluating or saving)."""
@@ -98,9 +161,10 @@ class AdamWScheduleFree(_ScheduleFree):
 
     Each step is :func:`functional_optim.schedule_free_adamw`; the params equal the reference's
     up to rounding. ``foreach`` is accepted and kept in the groups; the math is the same.
-    The state per parameter holds ``z`` and ``base_state.0.nu`` (the reference's
-    ``exp_avg_sq``); the step count, weight sum and ``lr_max`` are stored with the group's first
-    parameter (the reference keeps ``k``, ``weight_sum`` and ``lr_max`` in the param group).
+    In ``self.state`` each parameter holds ``z`` and ``base_state.0.nu``, and the group's first
+    parameter the step count, weight sum and ``lr_max``; ``state_dict()`` writes them in the
+    reference's layout (``exp_avg_sq``; ``k``, ``weight_sum``, ``lr_max`` in the param group), so
+    checkpoints load both ways between this class and ``schedulefree.AdamWScheduleFree``.
     """
 
     _b1_key = "betas"

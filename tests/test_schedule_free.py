@@ -235,3 +235,40 @@ def test_state_dict_round_trip_and_weights_only_load(tmp_path):
     torch.save(state, tmp_path / "s.pt")
     loaded = torch.load(tmp_path / "s.pt", weights_only=True)
     assert isinstance(loaded, ScheduleFreeState) and torch.equal(loaded.z["w"], state.z["w"])
+
+
+@pytest.mark.parametrize("kind", ["adamw", "sgd"])
+def test_checkpoints_cross_load_with_schedulefree(kind):
+    import copy
+
+    Ref, Ours, _ = _classes(kind)
+    init = [torch.randn(3, 2, dtype=torch.float64), torch.randn(4, dtype=torch.float64), torch.randn(2, dtype=torch.float64)]
+    groups = lambda ps: [dict(params=ps[:2]), dict(params=ps[2:], lr=0.02)]
+    ref_p = [p.clone().requires_grad_() for p in init]
+    our_p = [p.clone().requires_grad_() for p in init]
+    ref, ours = Ref(groups(ref_p), lr=0.01, warmup_steps=3), Ours(groups(our_p), lr=0.01, warmup_steps=3)
+    ref.train(), ours.train()
+    for k in range(2):
+        for i, (p, q) in enumerate(zip(ref_p, our_p)):
+            g = None if i == 1 else torch.randn_like(p)  # param 1 never gets a gradient: no state in the reference
+            p.grad, q.grad = (None, None) if g is None else (g.clone(), g.clone())
+        ref.step(), ours.step()
+    ref.eval(), ours.eval()
+    assert ours.state_dict()["param_groups"][0]["k"] == 2
+    ours_from_ref = Ours(groups([p.detach().clone().requires_grad_() for p in ref_p]), lr=0.01, warmup_steps=3)
+    ours_from_ref.load_state_dict(copy.deepcopy(ref.state_dict()))
+    ref_from_ours = Ref(groups([p.detach().clone().requires_grad_() for p in our_p]), lr=0.01, warmup_steps=3)
+    ref_from_ours.load_state_dict(copy.deepcopy(ours.state_dict()))
+    g = [torch.randn_like(p) for p in init]
+    opts = (ref, ours, ours_from_ref, ref_from_ours)
+    for opt in opts:
+        opt.train()
+        for grp in opt.param_groups:
+            for p in grp["params"]:
+                p.grad = g[[id(q) for q in sum((x["params"] for x in opt.param_groups), [])].index(id(p))].clone()
+        opt.step()
+        opt.eval()
+    flat = lambda opt: sum((x["params"] for x in opt.param_groups), [])
+    for opt in opts[1:]:
+        for a, b in zip(flat(ref), flat(opt)):
+            torch.testing.assert_close(b, a, rtol=1e-11, atol=1e-12)
