@@ -161,18 +161,37 @@ def schedule_free(base: GradientTransformation, lr: Number, b1: Number = 0.9, we
     return GradientTransformation(init, update, (defaults, base.hparams))
 
 
+def _find_sf_states(node: Any, found: list) -> None:
+    if isinstance(node, ScheduleFreeState):
+        found.append(node)
+    elif isinstance(node, dict):
+        for v in node.values():
+            _find_sf_states(v, found)
+    elif isinstance(node, (tuple, list)):
+        for v in node:
+            _find_sf_states(v, found)
+
+
 def _sf_state(state: Any) -> ScheduleFreeState:
-    if not isinstance(state, ScheduleFreeState):
-        raise TypeError(f"expected the state of a schedule_free transformation (ScheduleFreeState), "
-                        f"got {type(state).__name__}")
-    return state
+    """The one :class:`ScheduleFreeState` in ``state`` (itself, or nested in an
+    ``inject_hyperparams``, ``chain`` or ``MultiSteps`` state)."""
+    if isinstance(state, ScheduleFreeState):
+        return state
+    found: list = []
+    _find_sf_states(state, found)
+    if len(found) != 1:
+        raise TypeError(f"expected the state of a schedule_free transformation (one ScheduleFreeState in it), "
+                        f"found {len(found)} in a {type(state).__name__}")
+    return found[0]
 
 
 def schedule_free_eval_params(state: ScheduleFreeState, params: Any) -> Any:
     """The evaluation point ``x`` from the training params ``y``: ``x = lerp(y, z, 1 - 1/b1)``.
 
     The functional counterpart of ``schedulefree``'s ``optimizer.eval()`` (same formula, with the
-    ``b1`` of the last step). Pure: returns a new tree; the training loop keeps ``y``. Example::
+    ``b1`` of the last step). ``state`` is the wrapper's state or any state holding exactly one
+    (``inject_hyperparams``, ``chain``, ``MultiSteps``). Pure: returns a new tree; the training
+    loop keeps ``y``. Example::
 
         eval_params = fo.schedule_free_eval_params(state, params)
         loss = model_fn(eval_params, batch)

@@ -272,3 +272,18 @@ def test_checkpoints_cross_load_with_schedulefree(kind):
     for opt in opts[1:]:
         for a, b in zip(flat(ref), flat(opt)):
             torch.testing.assert_close(b, a, rtol=1e-11, atol=1e-12)
+
+
+def test_eval_params_through_inject_hyperparams_and_chain():
+    tx = fo.inject_hyperparams(schedule_free_adamw)(lr=fo.linear_schedule(0.01, 0.001, 4), weight_decay=0.1)
+    tx = fo.chain(fo.clip_by_global_norm(1.0), tx)
+    params = {"w": torch.randn(3, dtype=torch.float64)}
+    state = tx.init(params)
+    for _ in range(3):
+        u, state = tx.update({"w": torch.randn(3, dtype=torch.float64)}, state, params)
+        params = fo.apply_updates(params, u)
+    inner = state[1].inner_state
+    assert isinstance(inner, ScheduleFreeState) and int(inner.count) == 3
+    x = schedule_free_eval_params(state, params)
+    torch.testing.assert_close(x["w"], torch.lerp(params["w"], inner.z["w"], 1 - 1 / 0.9))
+    torch.testing.assert_close(schedule_free_train_params(state, x)["w"], params["w"])
