@@ -8,6 +8,7 @@ from .adadelta import Adadelta
 from .adabelief import AdaBelief
 from .adopt import ADOPT
 from .ademamix import AdEMAMix
+from .adan import Adan
 from .adafactor import Adafactor
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
@@ -27,4 +28,4 @@ from .sgd import SGD
 from .optimizer import FunctionalOptimizer
 from .transformation import TransformationOptimizer
 
-__all__ = ["AdaBelief", "ADOPT", "AdEMAMix", "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "NAdam", "RAdam", "Adamax", "ASGD", "Rprop", "RMSprop", "SGD", "Muon", "SparseAdam", "LBFGS", "Lion", "Prodigy", "AdamWScheduleFree", "SGDScheduleFree", "FunctionalOptimizer", "TransformationOptimizer"]
+__all__ = ["AdaBelief", "ADOPT", "AdEMAMix", "Adan", "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "NAdam", "RAdam", "Adamax", "ASGD", "Rprop", "RMSprop", "SGD", "Muon", "SparseAdam", "LBFGS", "Lion", "Prodigy", "AdamWScheduleFree", "SGDScheduleFree", "FunctionalOptimizer", "TransformationOptimizer"]

@@ -8,6 +8,16 @@ from .adafactor import AdafactorHParams, AdafactorState, AdafactorStatic, adafac
 from .adabelief import ScaleByBeliefHParams, ScaleByBeliefState, adabelief, scale_by_belief
 from .adopt import ScaleByAdoptHParams, ScaleByAdoptState, adopt, scale_by_adopt
 from .ademamix import ScaleByAdemamixHParams, ScaleByAdemamixState, ademamix, scale_by_ademamix
+from .adan import (
+    ClipByGlobalNormAdanHParams,
+    ProximalWeightDecayHParams,
+    ScaleByAdanHParams,
+    ScaleByAdanState,
+    adan,
+    clip_by_global_norm_adan,
+    proximal_weight_decay,
+    scale_by_adan,
+)
 from .adagrad import AdagradHParams, AdagradState, AdagradStatic, adagrad
 from .adadelta import AdadeltaHParams, AdadeltaState, AdadeltaStatic, adadelta
 from .adam import AdamHParams, AdamState, AdamStatic, adam, adamw
@@ -141,6 +151,14 @@ __all__ = [
     "scale_by_ademamix",
     "ScaleByAdemamixHParams",
     "ScaleByAdemamixState",
+    "adan",
+    "scale_by_adan",
+    "proximal_weight_decay",
+    "clip_by_global_norm_adan",
+    "ScaleByAdanHParams",
+    "ScaleByAdanState",
+    "ProximalWeightDecayHParams",
+    "ClipByGlobalNormAdanHParams",
     "GradientTransformation",
     "apply_updates",
     "adam",

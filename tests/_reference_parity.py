@@ -24,10 +24,13 @@ def _groups(params, second: Optional[dict]):
 
 def run_reference_parity(ref_cls, compat_cls, kwargs: dict, dtype: torch.dtype, steps: int = 5,
                          second_group: Optional[dict] = None, make_tx: Optional[Callable] = None,
-                         lr_schedule: Optional[Callable[[int], float]] = None) -> None:
+                         lr_schedule: Optional[Callable[[int], float]] = None, skip_0d: bool = False) -> None:
     """``ref_cls(**kwargs)`` vs ``compat_cls(**kwargs)`` (and ``make_tx()`` run functionally, one
-    group only) on the same gradients; params equal after each step within ``_parity.TOL``."""
+    group only) on the same gradients; params equal after each step within ``_parity.TOL``.
+    ``skip_0d`` leaves the 0-d parameter out (for a reference that cannot step one)."""
     base = make_params(dtype)
+    if skip_0d:
+        base = [p for p in base if p.dim() > 0]
     ref_p = [p.clone().requires_grad_() for p in base]
     our_p = [p.clone().requires_grad_() for p in base]
     ref = ref_cls(_groups(ref_p, second_group), **kwargs)

@@ -1,0 +1,57 @@
+"""``compat.Adan``: ``pytorch_optimizer.Adan``'s constructor over :func:`functional_optim.adan`."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from torch.optim.optimizer import ParamsT
+
+from functional_optim._moments import check_betas_range, check_non_negative
+from functional_optim.adan import adan
+
+from ._reference import ReferenceOptimizer, check_extra, check_lr
+
+__all__ = ["Adan"]
+
+
+class Adan(ReferenceOptimizer):
+    """Adan (Xie et al., 2022) with ``pytorch_optimizer.Adan``'s signature and defaults.
+
+    The step is :func:`functional_optim.adan` (``scale_by_adan`` with the proximal or decoupled
+    weight decay, after ``clip_by_global_norm_adan`` when ``max_grad_norm > 0``). ``lr``,
+    ``betas`` (three), ``eps`` and ``weight_decay`` may differ per group; ``weight_decouple``,
+    ``max_grad_norm`` and ``maximize`` are fixed at construction; ``foreach`` is accepted and
+    ignored; ``use_gc`` / ``adanorm`` are refused. With ``max_grad_norm > 0`` the norm is taken
+    per param group (the reference takes one norm over all groups).
+    """
+
+    def __init__(self, params: ParamsT, lr: float = 1e-3, betas: tuple = (0.98, 0.92, 0.99),
+                 weight_decay: float = 0.0, weight_decouple: bool = False, max_grad_norm: float = 0.0,
+                 foreach: Optional[bool] = None, eps: float = 1e-8, maximize: bool = False, **kwargs) -> None:
+        check_lr(lr)
+        check_betas_range(betas, ("beta1", "beta2", "beta3"), closed_last=True)
+        check_non_negative(weight_decay, "weight_decay")
+        check_non_negative(max_grad_norm, "max_grad_norm")
+        check_non_negative(eps, "eps")
+        check_extra("Adan", kwargs)
+        self.max_grad_norm = max_grad_norm
+        self.maximize = maximize
+        self.foreach = foreach
+        tx = adan(lr, betas[0], betas[1], betas[2], eps, 0.0, weight_decay, weight_decouple=weight_decouple,
+                  max_grad_norm=max_grad_norm, maximize=maximize)
+        clip = max_grad_norm > 0.0
+
+        def translate(group: dict) -> dict:
+            b1, b2, b3 = group["betas"]
+            out = {"lr": group["lr"], "b1": b1, "b2": b2, "b3": b3, "eps": group["eps"],
+                   "weight_decay": group["weight_decay"]}
+            if clip:
+                out["max_grad_norm"] = max_grad_norm
+            return out
+
+        defaults = {"lr": lr, "betas": betas, "weight_decay": weight_decay, "weight_decouple": weight_decouple,
+                    "max_grad_norm": max_grad_norm, "foreach": foreach, "eps": eps, **kwargs}
+        super().__init__(params, tx, defaults, translate, static_keys=("weight_decouple", "max_grad_norm"))
+
+    def __str__(self) -> str:
+        return "Adan"
