@@ -10,7 +10,8 @@ themselves (``m <- b1 m + d (1 - b1) g``, ``v <- b2 v + d^2 (1 - b2) g^2``), so 
 split into ``scale_by_*`` blocks followed by ``scale_by_learning_rate``. :func:`prodigy` is one
 transformation whose state keeps the global scalars next to the per-leaf slots (see
 :class:`ProdigyState`); every leaf of the tree passed to ``update`` takes part in one estimate,
-as every parameter of every param group does in the reference. The math is written once
+as every parameter of every param group does in the reference. Inside ``partition`` or ``masked`` the
+estimate covers only the leaves that part sees (one ``d`` per part). The math is written once
 (:func:`_prodigy_math`), over lists, with per-leaf hyperparameters; ``fo.prodigy`` gives every
 leaf the same ones and ``compat.Prodigy`` gives each leaf its param group's.
 """
