@@ -17,6 +17,8 @@ from .asgd import ASGD
 from .muon import Muon
 from .sparse_adam import SparseAdam
 from .lbfgs import LBFGS
+from .lamb import Lamb
+from .lars import Lars
 from .lion import Lion
 from .prodigy import Prodigy
 from .schedule_free import AdamWScheduleFree, SGDScheduleFree
@@ -28,4 +30,4 @@ from .sgd import SGD
 from .optimizer import FunctionalOptimizer
 from .transformation import TransformationOptimizer
 
-__all__ = ["AdaBelief", "ADOPT", "AdEMAMix", "Adan", "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "NAdam", "RAdam", "Adamax", "ASGD", "Rprop", "RMSprop", "SGD", "Muon", "SparseAdam", "LBFGS", "Lion", "Prodigy", "AdamWScheduleFree", "SGDScheduleFree", "FunctionalOptimizer", "TransformationOptimizer"]
+__all__ = ["AdaBelief", "ADOPT", "AdEMAMix", "Adan", "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "NAdam", "RAdam", "Adamax", "ASGD", "Rprop", "RMSprop", "SGD", "Muon", "SparseAdam", "LBFGS", "Lamb", "Lars", "Lion", "Prodigy", "AdamWScheduleFree", "SGDScheduleFree", "FunctionalOptimizer", "TransformationOptimizer"]

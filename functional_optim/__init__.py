@@ -132,6 +132,8 @@ from .scaling import (
     scale_by_stddev,
     scale_by_trust_ratio,
 )
+from .lamb import lamb
+from .lars import lars
 from .tree import EMPTY, Empty
 from ._autograd import AutogradChainWarning
 from ._serialization import register_safe_globals as _register_safe_globals
@@ -300,6 +302,8 @@ __all__ = [
     "scale_by_schedule",
     "scale_by_stddev",
     "scale_by_trust_ratio",
+    "lamb",
+    "lars",
     "lion",
     "scale_by_lion",
     "ScaleByLionHParams",
