@@ -208,3 +208,19 @@ def test_state_loads_weights_only(tmp_path):
     torch.save(state, tmp_path / "s.pt")
     loaded = torch.load(tmp_path / "s.pt", weights_only=True)
     assert isinstance(loaded, ProdigyState) and torch.equal(loaded.p0["w"], state.p0["w"])
+
+
+def test_lr_scheduler_drives_compat_like_reference():
+    init = [torch.randn(4, 3, dtype=torch.float64), torch.randn(3, dtype=torch.float64)]
+    ref_p = [p.clone().requires_grad_() for p in init]
+    our_p = [p.clone().requires_grad_() for p in init]
+    ref, ours = prodigyopt.Prodigy(ref_p, weight_decay=0.01), Prodigy(our_p, weight_decay=0.01)
+    s_ref = torch.optim.lr_scheduler.CosineAnnealingLR(ref, T_max=5)
+    s_our = torch.optim.lr_scheduler.CosineAnnealingLR(ours, T_max=5)
+    for _ in range(4):
+        for p, q in zip(ref_p, our_p):
+            g = torch.randn_like(p)
+            p.grad, q.grad = g.clone(), g.clone()
+        ref.step(), ours.step(), s_ref.step(), s_our.step()
+        for a, b in zip(ref_p, our_p):
+            torch.testing.assert_close(b, a, rtol=1e-11, atol=1e-13)
