@@ -82,7 +82,8 @@ def leafwise(fn: Callable, updates: Any, *states: Any, n_out: int) -> tuple:
     """``fn(u, *s) -> (new_u, *new_s)`` on every leaf where the update is a tensor.
 
     Where the update is ``None`` the update stays ``None`` and each state leaf is returned as it
-    is. ``states`` are per-leaf trees with the structure of ``updates`` (checked by the caller);
+    is. A complex leaf is stepped on its real view (see :func:`_on_real_view`): each output
+    position matches an input position (update, then the states in order). ``states`` are per-leaf trees with the structure of ``updates`` (checked by the caller);
     returns ``n_out`` trees (the updates first, then the new states).
     """
     u_leaves, spec = flatten(updates)
@@ -92,11 +93,25 @@ def leafwise(fn: Callable, updates: Any, *states: Any, n_out: int) -> tuple:
         old = [s[i] for s in s_leaves]
         if u is None:
             new = [None, *old, *([None] * (n_out - 1 - len(old)))]
+        elif u.is_complex():
+            new = _on_real_view(fn, u, old)
         else:
             new = fn(u, *old)
         for o, v in zip(outs, new):
             o.append(v)
     return tuple(unflatten(spec, o) for o in outs)
+
+
+def _is_complex(x: Any) -> bool:
+    return isinstance(x, Tensor) and x.is_complex()
+
+
+def _on_real_view(fn: Callable, u: Tensor, old: list) -> list:
+    """A complex leaf as ``pytorch_optimizer`` steps one: on ``torch.view_as_real`` of the update
+    and of every complex state (real and imaginary parts as independent reals)."""
+    inputs = [u, *old]
+    res = fn(*[torch.view_as_real(x) if _is_complex(x) else x for x in inputs])
+    return [torch.view_as_complex(r) if _is_complex(x) else r for r, x in zip(res, inputs)]
 
 
 def decayed_chain(name: str, block: GradientTransformation, lr: Any, weight_decay: Any, *,

@@ -136,3 +136,11 @@ def test_state_dict_round_trip_and_functional_state_loads(tmp_path):
     torch.save(state, tmp_path / "s.pt")
     loaded = torch.load(tmp_path / "s.pt", weights_only=True)
     assert type(loaded["adabelief"]) is ScaleByBeliefState
+
+
+@pytest.mark.parametrize("dtype", [torch.complex128, torch.complex64], ids=str)
+@pytest.mark.parametrize("kwargs", [{"weight_decay": 0.1}, {"ams_bound": True, "rectify": True}], ids=["wd", "ams-rect"])
+def test_complex_matches_pytorch_optimizer(kwargs, dtype):
+    """Complex parameters are stepped on their real view, as pytorch_optimizer does."""
+    po = pytest.importorskip("pytorch_optimizer")
+    run_reference_parity(po.AdaBelief, AdaBelief, kwargs, dtype, steps=7, make_tx=lambda: adabelief(**kwargs))

@@ -121,3 +121,10 @@ def test_maximize_is_the_reference_on_negated_gradients():
         ours.step()
         for a, b in zip(our_p, ref_p):
             torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [torch.complex128, torch.complex64], ids=str)
+def test_complex_matches_pytorch_optimizer(dtype):
+    """Complex parameters are stepped on their real view, as pytorch_optimizer does."""
+    po = pytest.importorskip("pytorch_optimizer")
+    run_reference_parity(po.Adan, Adan, {"weight_decay": 0.1}, dtype, steps=5, make_tx=lambda: adan(weight_decay=0.1))

@@ -116,3 +116,11 @@ def test_state_checks_name_the_path():
 
 def test_default_clip_matches_pytorch_optimizer_lambda():
     assert ADOPT.__init__.__defaults__[2](16.0) == math.pow(16.0, 0.25)
+
+
+@pytest.mark.parametrize("dtype", [torch.complex128, torch.complex64], ids=str)
+def test_complex_matches_pytorch_optimizer(dtype):
+    """Complex parameters are stepped on their real view, as pytorch_optimizer does."""
+    po = pytest.importorskip("pytorch_optimizer")
+    run_reference_parity(po.ADOPT, ADOPT, {"weight_decay": 0.1}, dtype, steps=5,
+                         make_tx=lambda: adopt(weight_decay=0.1))
