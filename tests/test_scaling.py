@@ -334,3 +334,16 @@ def test_states_load_with_weights_only(tmp_path):
     loaded = torch.load(tmp_path / "s.pt", weights_only=True)
     assert type(loaded[0]) is S.ScaleByAdamState and type(loaded[5]) is S.AddNoiseState
     assert torch.equal(loaded[0].mu["w"], state[0].mu["w"]) and int(loaded[5].seed) == 5
+
+
+@pytest.mark.parametrize("name", list(BLOCKS))
+def test_block_is_pure(name):
+    factory, hparams_at = BLOCKS[name]
+    tx = factory()
+    params, grads = _inputs(0), _inputs(1)
+    state = tx.init(params)
+    _, state = tx.update(grads, state, params, hparams_at(0))
+    before = [x.clone() for x in fo.tree.flatten((params, grads, state))[0] if isinstance(x, torch.Tensor)]
+    tx.update(grads, state, params, hparams_at(1))
+    after = [x for x in fo.tree.flatten((params, grads, state))[0] if isinstance(x, torch.Tensor)]
+    assert all(torch.equal(a, b) for a, b in zip(after, before))
