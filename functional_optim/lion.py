@@ -6,7 +6,7 @@ Reference implementation: ``lion_pytorch.Lion`` (PyPI ``lion-pytorch``).
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor
@@ -15,7 +15,7 @@ from . import _validate
 from .base import GradientTransformation
 from .combine import chain, map_updates
 from .transforms import _like, _map_state, add_decayed_weights, scale_by_learning_rate
-from .tree import check_state_like, check_state_type
+from .tree import check_same_structure, check_state_like, check_state_type, flatten, lazy_paths
 
 Number = Union[float, Tensor]
 
@@ -37,19 +37,36 @@ class ScaleByLionState(NamedTuple):
     mu: Any
 
 
+def _check_mu(updates: Any, mu: Any, mu_dtype: torch.dtype) -> None:
+    """``check_state_like`` for a momentum kept in ``mu_dtype``: structure, shapes, devices and that dtype."""
+    check_same_structure(updates, mu, "the updates", "scale_by_lion: state.mu")
+    paths = lazy_paths(updates)
+    for i, (u, m) in enumerate(zip(flatten(updates)[0], flatten(mu)[0])):
+        if not isinstance(u, Tensor) or m is None:
+            continue
+        if not isinstance(m, Tensor) or m.shape != u.shape or m.dtype != mu_dtype or m.device != u.device:
+            got = f"{tuple(m.shape)} {m.dtype} on {m.device}" if isinstance(m, Tensor) else type(m).__name__
+            raise ValueError(f"scale_by_lion: state.mu at {paths()[i]} is {got}, expected {tuple(u.shape)} "
+                             f"{mu_dtype} on {u.device}")
+
+
 def _check_betas(betas: Any) -> None:
     for i, beta in enumerate(betas):
         if not 0.0 <= beta <= 1.0:
             raise ValueError(f"Invalid beta parameter at index {i}: {beta}")
 
 
-def scale_by_lion(b1: Number = 0.9, b2: Number = 0.99) -> GradientTransformation:
+def scale_by_lion(b1: Number = 0.9, b2: Number = 0.99, mu_dtype: Optional[torch.dtype] = None) -> GradientTransformation:
     """Lion's direction: ``u <- sgn(b1 * mu + (1 - b1) * g)``, then ``mu <- b2 * mu + (1 - b2) * g``.
 
     As optax's ``scale_by_lion``: the update is the sign of an interpolation between the
     momentum and the gradient, and the momentum is an EMA of the gradients with its own
     decay ``b2`` (no bias correction, no step count). ``torch.sgn`` is used, so a complex
     leaf gets ``z / |z|``. Add weight decay and the learning rate after it (see :func:`lion`).
+
+    ``mu_dtype`` (optax's option, e.g. ``torch.bfloat16``) stores the momentum in that dtype: it
+    is read back in the gradient's dtype, the step is computed there, and the new momentum is
+    rounded to ``mu_dtype`` (round to nearest).
 
     Paper: Chen et al., 2023, https://arxiv.org/abs/2302.06675.
 
@@ -63,12 +80,15 @@ def scale_by_lion(b1: Number = 0.9, b2: Number = 0.99) -> GradientTransformation
     defaults = _validate.scalar_hparams(ScaleByLionHParams((b1, b2)), "scale_by_lion")
 
     def init(params):
-        return ScaleByLionState(map_updates(torch.zeros_like, params))
+        return ScaleByLionState(map_updates(lambda p: torch.zeros_like(p, dtype=mu_dtype), params))
 
     def update(updates, state, params=None, hparams=None):
         hp = _validate.check_hparams_record("scale_by_lion", defaults, hparams)
         check_state_type(state, ScaleByLionState, "scale_by_lion")
-        check_state_like(updates, state.mu, "scale_by_lion: state.mu")
+        if mu_dtype is None:
+            check_state_like(updates, state.mu, "scale_by_lion: state.mu")
+        else:
+            _check_mu(updates, state.mu, mu_dtype)
         beta1, beta2 = hp.betas
 
         def direction(g, m):
@@ -83,13 +103,17 @@ def scale_by_lion(b1: Number = 0.9, b2: Number = 0.99) -> GradientTransformation
                 return m * b + (1 - b) * g
             return torch.add(m * b, g, alpha=1 - b)
 
-        out = map_updates(direction, updates, state.mu)
-        return out, ScaleByLionState(_map_state(moment, updates, state.mu))
+        if mu_dtype is None:
+            out = map_updates(direction, updates, state.mu)
+            return out, ScaleByLionState(_map_state(moment, updates, state.mu))
+        out = map_updates(lambda g, m: direction(g, m.to(g.dtype)), updates, state.mu)
+        return out, ScaleByLionState(_map_state(lambda g, m: moment(g, m.to(g.dtype)).to(mu_dtype), updates, state.mu))
 
     return GradientTransformation(init, update, defaults)
 
 
-def lion(lr: Number = 1e-4, betas: tuple = (0.9, 0.99), weight_decay: Number = 0.0) -> GradientTransformation:
+def lion(lr: Number = 1e-4, betas: tuple = (0.9, 0.99), weight_decay: Number = 0.0, *,
+         mu_dtype: Optional[torch.dtype] = None, mask: Any = None) -> GradientTransformation:
     """Lion: ``p <- p - lr * (sgn(b1 * mu + (1 - b1) * g) + weight_decay * p)``; ``mu <- b2 * mu + (1 - b2) * g``.
 
     A composition (as optax's ``lion``)::
@@ -104,6 +128,9 @@ def lion(lr: Number = 1e-4, betas: tuple = (0.9, 0.99), weight_decay: Number = 0
     ``decoupled_weight_decay=True`` divides ``weight_decay`` by the initial ``lr``: pass
     ``weight_decay / lr`` here (``compat.Lion`` does that for you).
 
+    ``mu_dtype`` is :func:`scale_by_lion`'s; ``mask`` limits the weight decay to some leaves (as
+    optax's ``lion(..., mask=)``, see :func:`~functional_optim.add_decayed_weights`).
+
     Defaults are ``lion_pytorch``'s. Paper: Chen et al., 2023, https://arxiv.org/abs/2302.06675.
 
     Example::
@@ -116,4 +143,4 @@ def lion(lr: Number = 1e-4, betas: tuple = (0.9, 0.99), weight_decay: Number = 0
     if not lr > 0.0:
         raise ValueError(f"Invalid learning rate: {lr}")
     b1, b2 = betas
-    return chain(scale_by_lion(b1, b2), add_decayed_weights(weight_decay), scale_by_learning_rate(lr))
+    return chain(scale_by_lion(b1, b2, mu_dtype), add_decayed_weights(weight_decay, mask), scale_by_learning_rate(lr))

@@ -176,3 +176,31 @@ def test_state_dict_cross_loads_with_lion_pytorch():
     for opt in (ours, ours_from_ref, ref_from_ours):
         for a, b in zip(ref.param_groups[0]["params"], opt.param_groups[0]["params"]):
             torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
+
+
+def test_mu_dtype_bfloat16_state():
+    tx = scale_by_lion(mu_dtype=torch.bfloat16)
+    full = scale_by_lion()
+    params = {"w": torch.randn(8, 4), "b": torch.randn(4)}
+    s_lo, s_hi = tx.init(params), full.init(params)
+    assert all(m.dtype == torch.bfloat16 for m in s_lo.mu.values())
+    for _ in range(3):
+        g = {"w": torch.randn(8, 4), "b": None}
+        u_lo, s_lo = tx.update(g, s_lo, params)
+        u_hi, s_hi = full.update(g, s_hi, params)
+        assert u_lo["w"].dtype == torch.float32 and u_lo["b"] is None
+        torch.testing.assert_close(s_lo.mu["w"].float(), s_hi.mu["w"], rtol=2e-2, atol=2e-2)
+    assert s_lo.mu["w"].dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="bfloat16"):
+        tx.update(g, full.init(params), params)
+
+
+def test_lion_mask_limits_weight_decay():
+    tx = lion(lr=0.1, weight_decay=0.5, mask={"w": True, "b": False})
+    ref = lion(lr=0.1, weight_decay=0.0)
+    params = {"w": torch.randn(3), "b": torch.randn(2)}
+    g = {"w": torch.randn(3), "b": torch.randn(2)}
+    u, _ = tx.update(g, tx.init(params), params)
+    u0, _ = ref.update(g, ref.init(params), params)
+    torch.testing.assert_close(u["b"], u0["b"])
+    torch.testing.assert_close(u["w"], u0["w"] - 0.1 * 0.5 * params["w"])
