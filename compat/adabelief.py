@@ -9,7 +9,10 @@ from torch.optim.optimizer import ParamsT
 from functional_optim._moments import check_betas_range, check_non_negative
 from functional_optim.adabelief import adabelief
 
-from ._reference import ReferenceOptimizer, check_extra, check_lr
+from ._reference import ReferenceLayout, ReferenceOptimizer, check_extra, check_lr
+
+_LAYOUT = ReferenceLayout("adabelief.count", {"adabelief.mu": "exp_avg", "adabelief.nu": "exp_avg_var",
+                                               "adabelief.max_nu": "max_exp_avg_var"})
 
 __all__ = ["AdaBelief"]
 
@@ -52,7 +55,7 @@ class AdaBelief(ReferenceOptimizer):
                     "fixed_decay": fixed_decay, "rectify": rectify, "ams_bound": ams_bound, "foreach": foreach,
                     "eps": eps, **kwargs}
         super().__init__(params, tx, defaults, _translate,
-                         static_keys=("weight_decouple", "fixed_decay", "rectify", "ams_bound"))
+                         static_keys=("weight_decouple", "fixed_decay", "rectify", "ams_bound"), layout=_LAYOUT)
 
     def __str__(self) -> str:
         return "AdaBelief"

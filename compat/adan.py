@@ -9,7 +9,19 @@ from torch.optim.optimizer import ParamsT
 from functional_optim._moments import check_betas_range, check_non_negative
 from functional_optim.adan import adan
 
-from ._reference import ReferenceOptimizer, check_extra, check_lr
+import torch
+
+from ._reference import ReferenceLayout, ReferenceOptimizer, check_extra, check_lr
+
+# pytorch_optimizer keeps the negated previous gradient and has state only for parameters that had one
+_LAYOUT = ReferenceLayout(
+    "adan.count",
+    {"adan.m": "exp_avg", "adan.v": "exp_avg_diff", "adan.n": "exp_avg_sq", "adan.prev_grad": "previous_grad"},
+    to_ref={"adan.prev_grad": torch.neg},
+    from_ref={"adan.prev_grad": torch.neg},
+    derived={"adan.has_prev": lambda p, has_state: torch.tensor(has_state, device=p.device)},
+    keep=lambda state: bool(state["adan.has_prev"]),
+)
 
 __all__ = ["Adan"]
 
@@ -51,7 +63,8 @@ class Adan(ReferenceOptimizer):
 
         defaults = {"lr": lr, "betas": betas, "weight_decay": weight_decay, "weight_decouple": weight_decouple,
                     "max_grad_norm": max_grad_norm, "foreach": foreach, "eps": eps, **kwargs}
-        super().__init__(params, tx, defaults, translate, static_keys=("weight_decouple", "max_grad_norm"))
+        super().__init__(params, tx, defaults, translate, static_keys=("weight_decouple", "max_grad_norm"),
+                         layout=_LAYOUT)
 
     def __str__(self) -> str:
         return "Adan"

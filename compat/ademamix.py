@@ -9,7 +9,10 @@ from torch.optim.optimizer import ParamsT
 from functional_optim._moments import check_betas_range, check_non_negative
 from functional_optim.ademamix import ademamix
 
-from ._reference import ReferenceOptimizer, check_extra, check_lr
+from ._reference import ReferenceLayout, ReferenceOptimizer, check_extra, check_lr
+
+_LAYOUT = ReferenceLayout("ademamix.count", {"ademamix.m1": "exp_avg", "ademamix.nu": "exp_avg_sq",
+                                              "ademamix.m2": "exp_avg_slow"})
 
 __all__ = ["AdEMAMix"]
 
@@ -50,7 +53,7 @@ class AdEMAMix(ReferenceOptimizer):
                     "fixed_decay": fixed_decay, "alpha": alpha, "t_alpha_beta3": t_alpha_beta3, "eps": eps,
                     "foreach": foreach, **kwargs}
         super().__init__(params, tx, defaults, _translate,
-                         static_keys=("weight_decouple", "fixed_decay", "t_alpha_beta3"))
+                         static_keys=("weight_decouple", "fixed_decay", "t_alpha_beta3"), layout=_LAYOUT)
 
     def __str__(self) -> str:
         return "AdEMAMix"

@@ -10,7 +10,9 @@ from torch.optim.optimizer import ParamsT
 from functional_optim._moments import check_betas_range, check_non_negative
 from functional_optim.adopt import adopt
 
-from ._reference import ReferenceOptimizer, check_extra, check_lr
+from ._reference import ReferenceLayout, ReferenceOptimizer, check_extra, check_lr
+
+_LAYOUT = ReferenceLayout("adopt.count", {"adopt.mu": "exp_avg", "adopt.nu": "exp_avg_sq"})
 
 __all__ = ["ADOPT"]
 
@@ -53,7 +55,8 @@ class ADOPT(ReferenceOptimizer):
                    clip_value_fn=None if clip_lambda is _default_clip else clip_lambda, maximize=maximize)
         defaults = {"lr": lr, "betas": betas, "weight_decay": weight_decay, "weight_decouple": weight_decouple,
                     "fixed_decay": fixed_decay, "foreach": foreach, "eps": eps, **kwargs}
-        super().__init__(params, tx, defaults, _translate, static_keys=("weight_decouple", "fixed_decay"))
+        super().__init__(params, tx, defaults, _translate, static_keys=("weight_decouple", "fixed_decay"),
+                         layout=_LAYOUT)
 
     def __str__(self) -> str:
         return "ADOPT"

@@ -5,6 +5,7 @@ import torch
 
 import functional_optim as fo
 from _reference_parity import (
+    check_state_dict_cross_load,
     check_compiled_no_recompile,
     check_none_grads_and_purity,
     check_vmap,
@@ -144,3 +145,10 @@ def test_complex_matches_pytorch_optimizer(kwargs, dtype):
     """Complex parameters are stepped on their real view, as pytorch_optimizer does."""
     po = pytest.importorskip("pytorch_optimizer")
     run_reference_parity(po.AdaBelief, AdaBelief, kwargs, dtype, steps=7, make_tx=lambda: adabelief(**kwargs))
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"ams_bound": True}, {"rectify": True, "weight_decay": 0.1}], ids=str)
+def test_state_dict_cross_loads_with_pytorch_optimizer(kwargs):
+    """state_dict() in pytorch_optimizer's layout (its keys, group["step"]); loads both ways."""
+    po = pytest.importorskip("pytorch_optimizer")
+    check_state_dict_cross_load(po.AdaBelief, AdaBelief, kwargs)

@@ -5,6 +5,7 @@ import torch
 
 import functional_optim as fo
 from _reference_parity import (
+    check_state_dict_cross_load,
     check_compiled_no_recompile,
     check_none_grads_and_purity,
     check_vmap,
@@ -128,3 +129,10 @@ def test_complex_matches_pytorch_optimizer(dtype):
     """Complex parameters are stepped on their real view, as pytorch_optimizer does."""
     po = pytest.importorskip("pytorch_optimizer")
     run_reference_parity(po.Adan, Adan, {"weight_decay": 0.1}, dtype, steps=5, make_tx=lambda: adan(weight_decay=0.1))
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"weight_decay": 0.1, "weight_decouple": True}], ids=str)
+def test_state_dict_cross_loads_with_pytorch_optimizer(kwargs):
+    """state_dict() in pytorch_optimizer's layout (its keys, group["step"]); loads both ways."""
+    po = pytest.importorskip("pytorch_optimizer")
+    check_state_dict_cross_load(po.Adan, Adan, kwargs)

@@ -5,6 +5,7 @@ import torch
 
 import functional_optim as fo
 from _reference_parity import (
+    check_state_dict_cross_load,
     check_compiled_no_recompile,
     check_none_grads_and_purity,
     check_vmap,
@@ -98,3 +99,10 @@ def test_state_checks_name_the_path():
     with pytest.raises(ValueError, match=r"state\.m2 at \['a'\]"):
         tx.update(params, bad)
     assert isinstance(state, ScaleByAdemamixState) and tx.hparams == ScaleByAdemamixHParams()
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"t_alpha_beta3": 5.0}], ids=str)
+def test_state_dict_cross_loads_with_pytorch_optimizer(kwargs):
+    """state_dict() in pytorch_optimizer's layout (its keys, group["step"]); loads both ways."""
+    po = pytest.importorskip("pytorch_optimizer")
+    check_state_dict_cross_load(po.AdEMAMix, AdEMAMix, kwargs)
