@@ -80,6 +80,36 @@ class ReferenceOptimizer(TransformationOptimizer):
                 raise ValueError(f"{type(self).__name__}: a param group cannot change {key!r} "
                                  f"({group[key]!r}, the optimizer was built with {value!r})")
 
+    # ------------------------------------------------------------------ step
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], float]] = None):
+        """Perform a single optimization step.
+
+        Args:
+            closure (Callable, optional): A closure that reevaluates the model and returns the loss.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if self._ref_layout is not None:
+            for index, group in enumerate(self.param_groups):
+                if group["params"] and all(p.grad is None for p in group["params"]):
+                    self._advance_count(index, list(group["params"]))
+        super().step()
+        return loss
+
+    def _advance_count(self, index: int, params: list) -> None:
+        """A group without gradients: the reference still counts the step (``group["step"] += 1``)."""
+        from .transformation import _layout
+
+        if not self.state.get(params[0]):
+            state = self.transformation.init(params)
+            self._layouts[index] = layout = _layout(state, len(params))
+            self._write(params, layout, state)
+        key = self._ref_layout.count
+        self.state[params[0]][key] = self.state[params[0]][key] + 1
+
     # ------------------------------------------------------------------ reference state layout
     def state_dict(self) -> dict:
         sd = super().state_dict()

@@ -187,3 +187,24 @@ def check_state_dict_cross_load(ref_cls, compat_cls, kwargs: dict, dtype=torch.f
         for opt, ps in runs[1:]:
             for i, (a, b) in enumerate(zip(ps, ref_p)):
                 assert_close(a.detach(), b.detach(), dtype, f"{type(opt).__module__}, step {step}, param {i}")
+
+
+def check_group_without_grads_counts_the_step(ref_cls, compat_cls, kwargs: dict, dtype=torch.float64) -> None:
+    """A param group whose parameters have no gradient at a step still advances the step count
+    (pytorch_optimizer's ``group["step"] += 1``), also before its first gradient."""
+    base = make_params(dtype)
+    ref_p = [p.clone().requires_grad_() for p in base]
+    our_p = [p.clone().requires_grad_() for p in base]
+    ref, ours = ref_cls(_groups(ref_p, {}), **kwargs), compat_cls(_groups(our_p, {}), **kwargs)
+    for step in range(1, 6):
+        grads = grads_for_step(base, step)
+        if step in (1, 3):
+            grads[2:] = [None, None]  # the second group has no gradient
+        for ps in (ref_p, our_p):
+            for p, g in zip(ps, grads):
+                p.grad = None if g is None else g.clone()
+        ref.step()
+        ours.step()
+        for i, (a, b) in enumerate(zip(our_p, ref_p)):
+            assert_close(a.detach(), b.detach(), dtype, f"step {step}, param {i}")
+    assert [g["step"] for g in ours.state_dict()["param_groups"]] == [g["step"] for g in ref.param_groups]

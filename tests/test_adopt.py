@@ -7,6 +7,7 @@ import torch
 
 import functional_optim as fo
 from _reference_parity import (
+    check_group_without_grads_counts_the_step,
     check_state_dict_cross_load,
     check_compiled_no_recompile,
     check_none_grads_and_purity,
@@ -132,3 +133,8 @@ def test_state_dict_cross_loads_with_pytorch_optimizer(kwargs):
     """state_dict() in pytorch_optimizer's layout (its keys, group["step"]); loads both ways."""
     po = pytest.importorskip("pytorch_optimizer")
     check_state_dict_cross_load(po.ADOPT, ADOPT, kwargs)
+
+
+def test_group_without_grads_counts_the_step():
+    po = pytest.importorskip("pytorch_optimizer")
+    check_group_without_grads_counts_the_step(po.ADOPT, ADOPT, {})
