@@ -50,10 +50,11 @@ def adafactor_kernel(ops: Ops, params: list, grads: list, state: dict, hparams: 
     if static.maximize:
         grads = ops.neg(grads)
     t = ops.step_values(steps)
-    one_minus_beta2 = [ti**beta2_decay for ti in t]
-    rho = [_at_most(1 / ti**0.5, lr) for ti in t]
-    param_norms = ops.scalar_values([p.norm(2) for p in params])
-    alphas = [_at_least(n / p.numel() ** 0.5, eps2) * r for n, p, r in zip(param_norms, params, rho)]
+    one_minus_beta2 = ops.per_param(lambda ti: ti**beta2_decay, t)
+    rho = ops.per_param(lambda ti: _at_most(1 / ti**0.5, lr), t)
+    roots = [p.numel() ** 0.5 for p in params]  # sqrt of each tensor's size: RMS = norm / root
+    param_norms = ops.scalar_values(ops.norms(params))
+    alphas = ops.per_param(lambda n, root, r: _at_least(n / root, eps2) * r, param_norms, roots, rho)
 
     if nonzero(weight_decay):
         params = ops.mul_(params, 1 - lr * weight_decay)
@@ -80,8 +81,8 @@ def adafactor_kernel(ops: Ops, params: list, grads: list, state: dict, hparams: 
         new_state["variance"] = _scatter(state["variance"], unfactored, variances)
 
     updates = ops.mul_tensors_(ops.rsqrt_at_least_(var_estimates, eps1 * eps1), grads)
-    update_norms = ops.scalar_values([u.norm(2) for u in updates])
-    scales = [-a / _at_least(n / (u.numel() ** 0.5 * d), 1.0) for a, n, u in zip(alphas, update_norms, updates)]
+    update_norms = ops.scalar_values(ops.norms(updates))
+    scales = ops.per_param(lambda a, n, root: -a / _at_least(n / (root * d), 1.0), alphas, update_norms, roots)
     params = ops.scale_and_add_(params, updates, scales, scratch=True)
     return params, new_state
 

@@ -59,10 +59,21 @@ class ForeachPureOps(PureOps):
 
     # ------------------------------------------------------------------ scalars
     def per_param(self, fn: Callable[..., Any], *values: Any) -> Any:
-        """``fn`` applied to each parameter's scalars, computed once over the stacked vectors."""
-        if all(_is_vector(v) or (v and all(isinstance(x, Tensor) for x in v) and _one_device(v)) for v in values):
-            return fn(*(v if _is_vector(v) else torch.stack(list(v)).to(torch.float64) for v in values))
+        """``fn`` applied to each parameter's scalars, computed once over the stacked vectors.
+
+        Each argument is one scalar per parameter: a float64 vector, a list of 0-d tensors on one
+        device (stacked), or a list of Python numbers (made a vector on the others' device)."""
+        tensors = [_as_vector(v) for v in values if not _numbers(v)]
+        if tensors and all(t is not None for t in tensors) and _one_device(tensors):
+            device = tensors[0].device
+            return fn(*(torch.tensor(v, dtype=torch.float64, device=device) if _numbers(v) else _as_vector(v)
+                        for v in values))
         return super().per_param(fn, *(_unbound(v) for v in values))
+
+    def norms(self, xs) -> list:
+        if len(xs) > 1 and _one_device(xs) and _one_dtype(xs) is not None:
+            return list(torch._foreach_norm(xs, 2))
+        return super().norms(xs)
 
     def neg_quotients(self, numerator: Scalar, denominators: Any) -> Any:
         if _is_vector(denominators):
@@ -283,6 +294,21 @@ def _materialize_deltas_in(cls: type) -> type:
 
 
 _IN_PLACE_DTYPES = (torch.float32, torch.float64)
+
+
+def _numbers(x: Any) -> bool:
+    """A non-empty list of Python numbers (one per parameter)."""
+    return isinstance(x, (list, tuple)) and bool(x) and all(isinstance(v, (int, float)) for v in x)
+
+
+def _as_vector(x: Any) -> Tensor | None:
+    """One scalar per parameter as a float64 vector: ``x`` itself, the stack of a list of 0-d tensors
+    on one device, or ``None`` if ``x`` is neither."""
+    if _is_vector(x):
+        return x
+    if isinstance(x, (list, tuple)) and x and all(isinstance(v, Tensor) for v in x) and _one_device(x):
+        return torch.stack(list(x)).to(torch.float64)
+    return None
 
 
 def _is_vector(x: Any) -> bool:

@@ -248,6 +248,11 @@ class Ops:
         place: callers pass their own temporaries (see :meth:`writable`)."""
         return [torch.rsqrt(torch.clamp(x, min=_as_dtype_of(bound, x))) for x in xs]
 
+    def norms(self, xs) -> list:
+        """Each tensor's 2-norm, a 0-d tensor per tensor (Adafactor's RMS terms). The pure foreach
+        path computes them with one ``torch._foreach_norm`` call."""
+        return [x.norm(2) for x in xs]
+
     def outer_products(self, rows, cols):
         """``r @ c`` for column vectors ``r`` (``(..., n, 1)``) and row vectors ``c`` (``(..., 1, m)``),
         as torch's Adafactor forms its variance estimate: a product with one term per element.
