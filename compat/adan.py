@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 from torch.optim.optimizer import ParamsT
 
 from functional_optim._moments import check_betas_range, check_non_negative
-from functional_optim.adan import adan
+from functional_optim.adan import ClipByGlobalNormAdanHParams, adan, clip_by_global_norm_adan
 
 import torch
 
@@ -33,8 +33,9 @@ class Adan(ReferenceOptimizer):
     weight decay, after ``clip_by_global_norm_adan`` when ``max_grad_norm > 0``). ``lr``,
     ``betas`` (three), ``eps`` and ``weight_decay`` may differ per group; ``weight_decouple``,
     ``max_grad_norm`` and ``maximize`` are fixed at construction; ``foreach`` is accepted and
-    ignored; ``use_gc`` / ``adanorm`` are refused. With ``max_grad_norm > 0`` the norm is taken
-    per param group (the reference takes one norm over all groups).
+    ignored; ``use_gc`` / ``adanorm`` are refused. With ``max_grad_norm > 0`` one norm is taken over
+    the gradients of all param groups (with the constructor's ``max_grad_norm`` and ``eps``, as
+    the reference); unlike the reference, the caller's ``.grad`` tensors are not scaled in place.
     """
 
     def __init__(self, params: ParamsT, lr: float = 1e-3, betas: tuple = (0.98, 0.92, 0.99),
@@ -47,24 +48,54 @@ class Adan(ReferenceOptimizer):
         check_non_negative(eps, "eps")
         check_extra("Adan", kwargs)
         self.max_grad_norm = max_grad_norm
+        self._clip = clip_by_global_norm_adan(max_grad_norm, eps)
         self.maximize = maximize
         self.foreach = foreach
+        # the gradient clip spans all param groups (one norm, as the reference): done in step()
         tx = adan(lr, betas[0], betas[1], betas[2], eps, 0.0, weight_decay, weight_decouple=weight_decouple,
-                  max_grad_norm=max_grad_norm, maximize=maximize)
-        clip = max_grad_norm > 0.0
+                  maximize=maximize)
 
         def translate(group: dict) -> dict:
             b1, b2, b3 = group["betas"]
-            out = {"lr": group["lr"], "b1": b1, "b2": b2, "b3": b3, "eps": group["eps"],
-                   "weight_decay": group["weight_decay"]}
-            if clip:
-                out["max_grad_norm"] = max_grad_norm
-            return out
+            return {"lr": group["lr"], "b1": b1, "b2": b2, "b3": b3, "eps": group["eps"],
+                    "weight_decay": group["weight_decay"]}
 
         defaults = {"lr": lr, "betas": betas, "weight_decay": weight_decay, "weight_decouple": weight_decouple,
                     "max_grad_norm": max_grad_norm, "foreach": foreach, "eps": eps, **kwargs}
         super().__init__(params, tx, defaults, translate, static_keys=("weight_decouple", "max_grad_norm"),
                          layout=_LAYOUT)
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], float]] = None):
+        """Perform a single optimization step.
+
+        Args:
+            closure (Callable, optional): A closure that reevaluates the model and returns the loss.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if self.max_grad_norm <= 0.0:
+            super().step()
+            return loss
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        if not grads:
+            super().step()
+            return loss
+        # pytorch_optimizer's factor: min(1, max_norm / (sqrt(sum of squared norms, float32) + eps))
+        tree = {"g": grads}
+        hp = ClipByGlobalNormAdanHParams(self.max_grad_norm, self.defaults["eps"])
+        scaled = self._clip.update(tree, self._clip.init(tree), None, hp)[0]["g"]
+        originals = [(p, p.grad) for group in self.param_groups for p in group["params"] if p.grad is not None]
+        try:
+            for (p, _), g in zip(originals, scaled):
+                p.grad = g  # a new tensor: the caller's gradient is left as it was (the reference scales it in place)
+            super().step()
+        finally:
+            for p, g in originals:
+                p.grad = g
+        return loss
 
     def __str__(self) -> str:
         return "Adan"

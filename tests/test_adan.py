@@ -142,3 +142,17 @@ def test_state_dict_cross_loads_with_pytorch_optimizer(kwargs):
 def test_group_without_grads_counts_the_step():
     po = pytest.importorskip("pytorch_optimizer")
     check_group_without_grads_counts_the_step(po.Adan, Adan, {"weight_decay": 0.1})
+
+
+def test_gradient_clip_spans_param_groups():
+    po = pytest.importorskip("pytorch_optimizer")
+    for dtype in (torch.float64, torch.float32):
+        run_reference_parity(po.Adan, Adan, {"max_grad_norm": 1.0, "weight_decay": 0.1}, dtype, steps=4,
+                             second_group={"betas": (0.9, 0.9, 0.999), "lr": 0.01}, skip_0d=True)
+
+
+def test_gradient_clip_leaves_the_callers_grads():
+    p = torch.ones(3, requires_grad=True)
+    p.grad = torch.full((3,), 10.0)
+    Adan([p], max_grad_norm=1.0).step()
+    assert torch.equal(p.grad, torch.full((3,), 10.0))
