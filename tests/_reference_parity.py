@@ -208,3 +208,24 @@ def check_group_without_grads_counts_the_step(ref_cls, compat_cls, kwargs: dict,
         for i, (a, b) in enumerate(zip(our_p, ref_p)):
             assert_close(a.detach(), b.detach(), dtype, f"step {step}, param {i}")
     assert [g["step"] for g in ours.state_dict()["param_groups"]] == [g["step"] for g in ref.param_groups]
+
+
+def check_hypergradient(tx, steps: int = 3) -> None:
+    """d(loss after ``steps`` updates)/d(lr) through the unrolled updates passes gradcheck (float64)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(8, generator=g, dtype=torch.float64)
+
+    def loss_after(lr):
+        params = [torch.tensor([0.5, -0.3, 0.2], dtype=torch.float64) + 0 * lr]
+        state = tx.init(params)
+        hp = fo.replace_hparams(tx.hparams, lr=lr)
+        for _ in range(steps):
+            loss = ((x @ params[0] - y) ** 2).mean()
+            grads = list(torch.autograd.grad(loss, params, create_graph=True))
+            updates, state = tx.update(grads, state, params, hp)
+            params = fo.apply_updates(params, updates)
+        return ((x @ params[0] - y) ** 2).mean()
+
+    lr = torch.tensor(0.05, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(loss_after, (lr,), eps=1e-6, atol=1e-6)

@@ -5,6 +5,7 @@ import torch
 
 import functional_optim as fo
 from _reference_parity import (
+    check_hypergradient,
     check_group_without_grads_counts_the_step,
     check_state_dict_cross_load,
     check_compiled_no_recompile,
@@ -156,3 +157,7 @@ def test_gradient_clip_leaves_the_callers_grads():
     p.grad = torch.full((3,), 10.0)
     Adan([p], max_grad_norm=1.0).step()
     assert torch.equal(p.grad, torch.full((3,), 10.0))
+
+
+def test_hypergradient_through_unrolled_updates():
+    check_hypergradient(adan(weight_decay=0.1))

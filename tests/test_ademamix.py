@@ -5,6 +5,7 @@ import torch
 
 import functional_optim as fo
 from _reference_parity import (
+    check_hypergradient,
     check_group_without_grads_counts_the_step,
     check_state_dict_cross_load,
     check_compiled_no_recompile,
@@ -112,3 +113,7 @@ def test_state_dict_cross_loads_with_pytorch_optimizer(kwargs):
 def test_group_without_grads_counts_the_step():
     po = pytest.importorskip("pytorch_optimizer")
     check_group_without_grads_counts_the_step(po.AdEMAMix, AdEMAMix, {"t_alpha_beta3": 4.0})
+
+
+def test_hypergradient_through_unrolled_updates():
+    check_hypergradient(ademamix(weight_decay=0.1, t_alpha_beta3=3.0))
