@@ -82,11 +82,13 @@ def _counts(params: Any) -> Any:
     return map_updates(lambda p: torch.zeros((), dtype=torch.int32, device=p.device), params)
 
 
-def _bias_correction(decay: Any, count: Tensor) -> Tensor:
-    """``1 - decay ** count`` as a 0-d float64 tensor (float32 on MPS): a 0-d tensor does not
-    promote the leaves it multiplies, and float64 keeps torch's Python-float accuracy."""
+def _bias_correction(decay: Any, count: Tensor, like: Tensor) -> Tensor:
+    """``1 - decay ** count``, computed in float64 (float32 on MPS) as torch computes it in Python
+    floats, then rounded to ``like``'s (real) dtype, as torch rounds a Python scalar into an op;
+    so the update keeps the leaf's dtype (a 0-d leaf included)."""
     t = count.to(torch.float32 if count.device.type == "mps" else torch.float64)
-    return 1 - torch.pow(decay.to(t.dtype) if isinstance(decay, Tensor) else decay, t)
+    bc = 1 - torch.pow(decay.to(t.dtype) if isinstance(decay, Tensor) else decay, t)
+    return bc.to(like.real.dtype if like.is_complex() else like.dtype)
 
 
 def _sq(x: Tensor) -> Tensor:
@@ -177,11 +179,11 @@ def scale_by_adam(b1: Number = 0.9, b2: Number = 0.999, eps: Number = 1e-8, eps_
             count = count + 1
             if bias_correction:
                 if nesterov:
-                    mu_hat = (c1 * mu) / _bias_correction(hp.b1, count + 1) + ((1 - c1) * g) / _bias_correction(
-                        hp.b1, count)
+                    mu_hat = (c1 * mu) / _bias_correction(hp.b1, count + 1, g) + ((1 - c1) * g) / _bias_correction(
+                        hp.b1, count, g)
                 else:
-                    mu_hat = mu / _bias_correction(hp.b1, count)
-                nu_hat = nu / _bias_correction(hp.b2, count)
+                    mu_hat = mu / _bias_correction(hp.b1, count, g)
+                nu_hat = nu / _bias_correction(hp.b2, count, g)
             else:
                 mu_hat = c1 * mu + (1 - c1) * g if nesterov else mu
                 nu_hat = nu
@@ -241,7 +243,7 @@ def scale_by_rms(decay: Number = 0.9, eps: Number = 1e-8, initial_scale: float =
             d = _like(hp.decay, g)
             nu = nu * d + _sq(g).to(nu.dtype) * (1 - d)
             count = count + 1
-            nu_hat = nu / _bias_correction(hp.decay, count) if bias_correction else nu
+            nu_hat = nu / _bias_correction(hp.decay, count, g) if bias_correction else nu
             return g * _root(nu_hat, _like(hp.eps, g), eps_in_sqrt), count, nu
 
         out, count, nu = _leafwise(leaf, updates, state.count, state.nu)
@@ -295,7 +297,7 @@ def scale_by_stddev(decay: Number = 0.9, eps: Number = 1e-8, initial_scale: floa
             nu = nu * d + _sq(g).to(nu.dtype) * (1 - d)
             count = count + 1
             if bias_correction:
-                bc = _bias_correction(hp.decay, count)
+                bc = _bias_correction(hp.decay, count, g)
                 mu_hat, nu_hat = mu / bc, nu / bc
             else:
                 mu_hat, nu_hat = mu, nu
@@ -478,7 +480,7 @@ def ema(decay: Number, debias: bool = True) -> GradientTransformation:
             d = _like(hp.decay, u)
             e = e * d + u * (1 - d)
             count = count + 1
-            return (e / _bias_correction(hp.decay, count) if debias else e), count, e
+            return (e / _bias_correction(hp.decay, count, u) if debias else e), count, e
 
         out, count, e = _leafwise(leaf, updates, state.count, state.ema)
         return out, EmaState(count, e)

@@ -337,13 +337,15 @@ def test_states_load_with_weights_only(tmp_path):
 
 
 @pytest.mark.parametrize("name", list(BLOCKS))
-def test_block_is_pure(name):
+def test_block_is_pure_and_keeps_dtypes(name):
     factory, hparams_at = BLOCKS[name]
     tx = factory()
     params, grads = _inputs(0), _inputs(1)
     state = tx.init(params)
     _, state = tx.update(grads, state, params, hparams_at(0))
     before = [x.clone() for x in fo.tree.flatten((params, grads, state))[0] if isinstance(x, torch.Tensor)]
-    tx.update(grads, state, params, hparams_at(1))
+    out, _ = tx.update(grads, state, params, hparams_at(1))
+    # float32 leaves, the 0-d one included, get float32 updates (no promotion by float64 scalars)
+    assert all(out[k].dtype == params[k].dtype for k in params), {k: out[k].dtype for k in out}
     after = [x for x in fo.tree.flatten((params, grads, state))[0] if isinstance(x, torch.Tensor)]
     assert all(torch.equal(a, b) for a, b in zip(after, before))
