@@ -59,7 +59,7 @@ class ScaleByBeliefState(NamedTuple):
 
 
 def scale_by_belief(b1: Number = 0.9, b2: Number = 0.999, eps: Number = 1e-16, eps_root: Number = 1e-16, *,
-                    ams_bound: bool = False, rectify: bool = False, n_sma_threshold: int = 5,
+                    nesterov: bool = False, ams_bound: bool = False, rectify: bool = False, n_sma_threshold: int = 5,
                     degenerated_to_sgd: bool = True) -> GradientTransformation:
     r"""Rescale updates by the AdaBelief algorithm (optax's ``scale_by_belief``).
 
@@ -70,6 +70,10 @@ def scale_by_belief(b1: Number = 0.9, b2: Number = 0.999, eps: Number = 1e-16, e
 
     Zhuang et al. (2020), https://arxiv.org/abs/2010.07468. With ``eps == eps_root`` this is
     ``pytorch_optimizer.AdaBelief``'s scaling (which uses its single ``eps`` in both places).
+
+    ``nesterov`` (as optax): the numerator is
+    :math:`\beta_1 m_t/(1-\beta_1^{t+1}) + (1-\beta_1) g_t/(1-\beta_1^t)` instead of
+    :math:`m_t/(1-\beta_1^t)` (not in ``pytorch_optimizer``).
 
     Options beyond optax (``pytorch_optimizer``'s flags; fixed at construction):
 
@@ -113,8 +117,9 @@ def scale_by_belief(b1: Number = 0.9, b2: Number = 0.999, eps: Number = 1e-16, e
         count = state.count + 1
         t = as_float64(count)
         inv_bc1 = 1.0 / bias_correction(hp.b1, t)
+        inv_bc1_next = 1.0 / bias_correction(hp.b1, t + 1) if nesterov else None
         bc2_sqrt = torch.sqrt(bias_correction(hp.b2, t))
-        tractable = adaptive_scale = sgd_scale = None  # set with rectify (a closure cell must exist for dynamo)
+        tractable = adaptive_scale = sgd_scale = rt = None  # set with rectify (a closure cell must exist for dynamo)
         if rectify:
             b2t = pow_(hp.b2, t)
             sma_max = 2.0 / (1.0 - hp.b2) - 1.0
@@ -132,11 +137,16 @@ def scale_by_belief(b1: Number = 0.9, b2: Number = 0.999, eps: Number = 1e-16, e
             if ams_bound:
                 vmax = torch.maximum(vmax, v)
             root = torch.sqrt(vmax if ams_bound else v)
-            if not rectify:
-                u = m * _like(inv_bc1, m) / (root / _like(bc2_sqrt, root) + _like(hp.eps, root))
+            if nesterov:  # the bias-corrected numerator, and the scales without 1/bc1
+                num = mul(m, hp.b1 * inv_bc1_next) + mul(g, (1.0 - hp.b1) * inv_bc1)
+                scale, adaptive, sgd = 1.0, rt, (1.0 if degenerated_to_sgd else 0.0)
             else:
-                u_adaptive = m * _like(adaptive_scale, m) / (root + _like(hp.eps, root))
-                u = torch.where(tractable, u_adaptive, m * _like(sgd_scale, m))
+                num, scale, adaptive, sgd = m, inv_bc1, adaptive_scale, sgd_scale
+            if not rectify:
+                u = mul(num, scale) / (root / _like(bc2_sqrt, root) + _like(hp.eps, root))
+            else:
+                u_adaptive = num * _like(adaptive, num) / (root + _like(hp.eps, root))
+                u = torch.where(tractable, u_adaptive, num * _like(sgd, num))
             return u, m, v, vmax
 
         max_nu = state.max_nu if ams_bound else map_updates(lambda u: None, updates)
@@ -147,7 +157,8 @@ def scale_by_belief(b1: Number = 0.9, b2: Number = 0.999, eps: Number = 1e-16, e
 
 
 def adabelief(lr: Number = 1e-3, b1: Number = 0.9, b2: Number = 0.999, eps: Number = 1e-16,
-              eps_root: Optional[Number] = None, weight_decay: Number = 0.0, *, weight_decouple: bool = True,
+              eps_root: Optional[Number] = None, weight_decay: Number = 0.0, *, nesterov: bool = False,
+              weight_decouple: bool = True,
               fixed_decay: bool = False, ams_bound: bool = False, rectify: bool = False, n_sma_threshold: int = 5,
               degenerated_to_sgd: bool = True, maximize: bool = False, mask: Any = None) -> GradientTransformation:
     """AdaBelief as a composition (defaults and flags of ``pytorch_optimizer.AdaBelief``).
@@ -173,7 +184,7 @@ def adabelief(lr: Number = 1e-3, b1: Number = 0.9, b2: Number = 0.999, eps: Numb
     """
     _validate.check_lr(lr)
     check_non_negative(weight_decay, "weight_decay")
-    block = scale_by_belief(b1, b2, eps, eps if eps_root is None else eps_root, ams_bound=ams_bound,
+    block = scale_by_belief(b1, b2, eps, eps if eps_root is None else eps_root, nesterov=nesterov, ams_bound=ams_bound,
                             rectify=rectify, n_sma_threshold=n_sma_threshold, degenerated_to_sgd=degenerated_to_sgd)
     return decayed_chain("adabelief", block, lr, weight_decay, weight_decouple=weight_decouple,
                          fixed_decay=fixed_decay, maximize=maximize, mask=mask)

@@ -55,7 +55,8 @@ def _quarter_power(t: Tensor) -> Tensor:
     return t ** 0.25
 
 
-def scale_by_adopt(b1: Number = 0.9, b2: Number = 0.9999, eps: Number = 1e-6, *, use_clipping: bool = True,
+def scale_by_adopt(b1: Number = 0.9, b2: Number = 0.9999, eps: Number = 1e-6, *, nesterov: bool = False,
+                   use_clipping: bool = True,
                    clip_value_fn: Optional[Callable[[Tensor], Any]] = None) -> GradientTransformation:
     r"""Rescale updates by the ADOPT algorithm (optax's ``scale_by_adopt``).
 
@@ -73,7 +74,8 @@ def scale_by_adopt(b1: Number = 0.9, b2: Number = 0.9999, eps: Number = 1e-6, *,
 
     Differs from optax in the step given to ``clip_value_fn``: here the 1-based step ``t`` (as
     the authors' code and ``pytorch_optimizer``), where optax passes its 0-based count, so
-    optax's default bound is :math:`(t-1)^{1/4}`. No bias correction; no ``nesterov``.
+    optax's default bound is :math:`(t-1)^{1/4}`. No bias correction. ``nesterov`` (as optax,
+    not in ``pytorch_optimizer``): the update is :math:`\beta_1 m_t + (1-\beta_1)\tilde g_t`.
 
     The count is shared by all leaves (``pytorch_optimizer`` counts per param group): a leaf
     whose first gradient comes after step 1 is normalised by ``max(sqrt(0), eps)`` then, as there.
@@ -111,7 +113,8 @@ def scale_by_adopt(b1: Number = 0.9, b2: Number = 0.9999, eps: Number = 1e-6, *,
                 normed = torch.clamp(normed, -c, c)
             m_new = torch.where(first_l, m, lerp(m, normed, 1.0 - hp.b1))
             v_new = torch.where(first_l, addcmul(v, g, g, 1.0), addcmul(mul(v, hp.b2), g, g, 1.0 - hp.b2))
-            u = torch.where(first_l, torch.zeros_like(m_new), m_new)
+            step = lerp(m_new, normed, 1.0 - hp.b1) if nesterov else m_new
+            u = torch.where(first_l, torch.zeros_like(m_new), step)
             return u, m_new, v_new
 
         out, mu, nu = leafwise(leaf, updates, state.mu, state.nu, n_out=3)
@@ -121,7 +124,7 @@ def scale_by_adopt(b1: Number = 0.9, b2: Number = 0.9999, eps: Number = 1e-6, *,
 
 
 def adopt(lr: Number = 1e-3, b1: Number = 0.9, b2: Number = 0.9999, eps: Number = 1e-6, weight_decay: Number = 0.0,
-          *, weight_decouple: bool = False, fixed_decay: bool = False, use_clipping: bool = True,
+          *, nesterov: bool = False, weight_decouple: bool = False, fixed_decay: bool = False, use_clipping: bool = True,
           clip_value_fn: Optional[Callable[[Tensor], Any]] = None, maximize: bool = False,
           mask: Any = None) -> GradientTransformation:
     """ADOPT as a composition (defaults and flags of ``pytorch_optimizer.ADOPT``).
@@ -143,6 +146,6 @@ def adopt(lr: Number = 1e-3, b1: Number = 0.9, b2: Number = 0.9999, eps: Number 
     """
     _validate.check_lr(lr)
     check_non_negative(weight_decay, "weight_decay")
-    block = scale_by_adopt(b1, b2, eps, use_clipping=use_clipping, clip_value_fn=clip_value_fn)
+    block = scale_by_adopt(b1, b2, eps, nesterov=nesterov, use_clipping=use_clipping, clip_value_fn=clip_value_fn)
     return decayed_chain("adopt", block, lr, weight_decay, weight_decouple=weight_decouple, fixed_decay=fixed_decay,
                          maximize=maximize, mask=mask)

@@ -66,7 +66,7 @@ def test_group_cannot_change_structure_flags():
         AdaBelief(p, betas=(1.0, 0.9))
 
 
-@pytest.mark.parametrize("flags", [{}, {"ams_bound": True}, {"rectify": True}])
+@pytest.mark.parametrize("flags", [{}, {"ams_bound": True}, {"rectify": True}, {"nesterov": True, "rectify": True}])
 def test_block_compiles_without_recompiles(flags):
     tx = fo.chain(scale_by_belief(**flags), fo.scale_by_learning_rate(1e-2))
     check_compiled_no_recompile(tx, [{"b1": 0.9, "b2": 0.99, "lr": 0.01}, {"b1": 0.8, "b2": 0.999, "lr": 0.02}])
@@ -163,3 +163,33 @@ def test_group_without_grads_counts_the_step():
 
 def test_hypergradient_through_unrolled_updates():
     check_hypergradient(adabelief(weight_decay=0.1))
+
+
+@pytest.mark.parametrize("rectify", [False, True])
+def test_nesterov_is_optax_formula(rectify):
+    """nesterov (optax's option, no reference package): numerator b1 m/(1-b1^(t+1)) + (1-b1) g/(1-b1^t)."""
+    b1, b2, eps = 0.8, 0.9, 1e-16
+    tx = scale_by_belief(b1, b2, eps, eps, nesterov=True, rectify=rectify)
+    params = [torch.zeros(4, dtype=torch.float64)]
+    state = tx.init(params)
+    m = v = torch.zeros(4, dtype=torch.float64)
+    seen = set()
+    for t in range(1, 11):
+        g = torch.randn(4, dtype=torch.float64, generator=torch.Generator().manual_seed(t))
+        u, state = tx.update([g], state, params)
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * (g - m) ** 2 + eps
+        num = b1 * m / (1 - b1 ** (t + 1)) + (1 - b1) * g / (1 - b1 ** t)
+        if not rectify:
+            expected = num / (v.sqrt() / (1 - b2 ** t) ** 0.5 + eps)
+        else:
+            sma_max = 2 / (1 - b2) - 1
+            sma = sma_max - 2 * t * b2 ** t / (1 - b2 ** t)
+            if sma >= 5:
+                rt = ((1 - b2 ** t) * (sma - 4) / (sma_max - 4) * (sma - 2) / sma * sma_max / (sma_max - 2)) ** 0.5
+                expected = num * rt / (v.sqrt() + eps)
+            else:
+                expected = num
+            seen.add(bool(sma >= 5))
+        torch.testing.assert_close(u[0], expected, rtol=1e-12, atol=1e-15)
+    assert not rectify or seen == {False, True}  # both branches met

@@ -85,9 +85,9 @@ def test_first_step_is_zero_then_clipped():
     torch.testing.assert_close(u[0], torch.tensor([0.1 * bound, -0.1 * bound, 0.0], dtype=torch.float64))
 
 
-@pytest.mark.parametrize("clipping", [True, False])
-def test_block_compiles_without_recompiles(clipping):
-    tx = fo.chain(scale_by_adopt(use_clipping=clipping), fo.scale_by_learning_rate(1e-2))
+@pytest.mark.parametrize("clipping,nesterov", [(True, False), (False, False), (True, True)])
+def test_block_compiles_without_recompiles(clipping, nesterov):
+    tx = fo.chain(scale_by_adopt(use_clipping=clipping, nesterov=nesterov), fo.scale_by_learning_rate(1e-2))
     check_compiled_no_recompile(tx, [{"b1": 0.9, "b2": 0.99, "lr": 0.01, "eps": 1e-6},
                                      {"b1": 0.8, "b2": 0.999, "lr": 0.02, "eps": 1e-5}])
 
@@ -143,3 +143,24 @@ def test_group_without_grads_counts_the_step():
 
 def test_hypergradient_through_unrolled_updates():
     check_hypergradient(adopt(weight_decay=0.1))
+
+
+def test_nesterov_is_optax_formula():
+    """nesterov (optax's option, no reference package): update b1 m_t + (1-b1) clip(g / max(sqrt(nu), eps))."""
+    b1, b2, eps = 0.8, 0.9, 1e-6
+    tx = scale_by_adopt(b1, b2, eps, nesterov=True)
+    params = [torch.zeros(4, dtype=torch.float64)]
+    state = tx.init(params)
+    m = nu = torch.zeros(4, dtype=torch.float64)
+    for t in range(1, 6):
+        g = torch.randn(4, dtype=torch.float64, generator=torch.Generator().manual_seed(t))
+        u, state = tx.update([g], state, params)
+        if t == 1:
+            nu = g * g
+            expected = torch.zeros(4, dtype=torch.float64)
+        else:
+            normed = torch.clamp(g / torch.clamp_min(nu.sqrt(), eps), -t ** 0.25, t ** 0.25)
+            m = b1 * m + (1 - b1) * normed
+            expected = b1 * m + (1 - b1) * normed
+            nu = b2 * nu + (1 - b2) * g * g
+        torch.testing.assert_close(u[0], expected, rtol=1e-12, atol=1e-15)
