@@ -73,12 +73,12 @@ class ReferenceOptimizer(TransformationOptimizer):
         Optimizer.__init__(self, params, dict(defaults))
 
     def add_param_group(self, param_group: dict) -> None:
+        if isinstance(param_group, dict):
+            for key, value in self._static.items():
+                if param_group.get(key, value) != value:
+                    raise ValueError(f"{type(self).__name__}: a param group cannot change {key!r} "
+                                     f"({param_group[key]!r}, the optimizer was built with {value!r})")
         super().add_param_group(param_group)
-        group = self.param_groups[-1]
-        for key, value in self._static.items():
-            if group.get(key, value) != value:
-                raise ValueError(f"{type(self).__name__}: a param group cannot change {key!r} "
-                                 f"({group[key]!r}, the optimizer was built with {value!r})")
 
     # ------------------------------------------------------------------ step
     @torch.no_grad()
@@ -92,12 +92,21 @@ class ReferenceOptimizer(TransformationOptimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._step_groups()
+        return loss
+
+    def _step_groups(self) -> None:
+        """The step on the current gradients (the closure already run): counts, then the update."""
         if self._ref_layout is not None:
             for index, group in enumerate(self.param_groups):
                 if group["params"] and all(p.grad is None for p in group["params"]):
                     self._advance_count(index, list(group["params"]))
-        super().step()
-        return loss
+        # TransformationOptimizer.step without torch's step hooks: once an instance of it exists,
+        # torch has wrapped it with the hook runner, and this class's own step already runs them
+        base = TransformationOptimizer.__dict__["step"]
+        if getattr(base, "hooked", False):
+            base = base.__wrapped__
+        base(self)
 
     def _advance_count(self, index: int, params: list) -> None:
         """A group without gradients: the reference still counts the step (``group["step"] += 1``)."""

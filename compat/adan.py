@@ -77,11 +77,11 @@ class Adan(ReferenceOptimizer):
             with torch.enable_grad():
                 loss = closure()
         if self.max_grad_norm <= 0.0:
-            super().step()
+            self._step_groups()
             return loss
         grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
         if not grads:
-            super().step()
+            self._step_groups()
             return loss
         # pytorch_optimizer's factor: min(1, max_norm / (sqrt(sum of squared norms, float32) + eps))
         tree = {"g": grads}
@@ -91,7 +91,7 @@ class Adan(ReferenceOptimizer):
         try:
             for (p, _), g in zip(originals, scaled):
                 p.grad = g  # a new tensor: the caller's gradient is left as it was (the reference scales it in place)
-            super().step()
+            self._step_groups()
         finally:
             for p, g in originals:
                 p.grad = g

@@ -193,3 +193,21 @@ def test_nesterov_is_optax_formula(rectify):
             seen.add(bool(sma >= 5))
         torch.testing.assert_close(u[0], expected, rtol=1e-12, atol=1e-15)
     assert not rectify or seen == {False, True}  # both branches met
+
+
+def test_step_hooks_run_once():
+    """torch wraps TransformationOptimizer.step with its hook runner once an instance exists; the
+    reference classes call the unwrapped step, so each hook runs once per step."""
+    import compat
+
+    compat.TransformationOptimizer([torch.zeros(1, requires_grad=True)], fo.sgd(lr=0.1))
+    for cls in (compat.AdaBelief, compat.ADOPT, compat.AdEMAMix, compat.Adan):
+        p = torch.zeros(2, requires_grad=True)
+        kwargs = {"max_grad_norm": 1.0} if cls is compat.Adan else {}
+        opt = cls([p], **kwargs)
+        calls = []
+        opt.register_step_pre_hook(lambda *a: calls.append("pre"))
+        opt.register_step_post_hook(lambda *a: calls.append("post"))
+        p.grad = torch.ones(2)
+        opt.step()
+        assert calls == ["pre", "post"], (cls, calls)
