@@ -349,3 +349,26 @@ def test_block_is_pure_and_keeps_dtypes(name):
     assert all(out[k].dtype == params[k].dtype for k in params), {k: out[k].dtype for k in out}
     after = [x for x in fo.tree.flatten((params, grads, state))[0] if isinstance(x, torch.Tensor)]
     assert all(torch.equal(a, b) for a, b in zip(after, before))
+
+
+def test_ema_orthogonalize_compose_to_torch_muon():
+    """Muon (no Nesterov, square matrices so the lr adjustment is 1) from parts:
+    chain(ema(mu, debias=False), orthogonalize(), add_decayed_weights(wd), scale_by_learning_rate(lr))."""
+    if not hasattr(torch.optim, "Muon"):
+        pytest.skip("torch.optim.Muon needs torch >= 2.9")
+    g = torch.Generator().manual_seed(0)
+    params = [torch.randn(4, 4, generator=g), torch.randn(6, 6, generator=g)]
+    ref = [p.clone().requires_grad_() for p in params]
+    opt = torch.optim.Muon(ref, lr=0.02, weight_decay=0.1, momentum=0.9, nesterov=False)
+    tx = chain(S.ema(0.9, debias=False), S.orthogonalize(), add_decayed_weights(0.1), scale_by_learning_rate(0.02))
+    tree = [p.clone() for p in params]
+    state = tx.init(tree)
+    for step in range(4):
+        grads = [torch.randn(p.shape, generator=g) for p in params]
+        for r, gr in zip(ref, grads):
+            r.grad = gr.clone()
+        opt.step()
+        updates, state = tx.update(grads, state, tree)
+        tree = fo.apply_updates(tree, updates)
+        for i, r in enumerate(ref):
+            torch.testing.assert_close(tree[i], r.detach(), rtol=1e-5, atol=1e-6, msg=f"param {i} step {step}")
