@@ -99,7 +99,8 @@ def _sliced(x: Tensor, slice_p: int) -> Tensor:
 
 
 def _like(x: Any, t: Tensor) -> Any:
-    return x.to(dtype=t.real.dtype if t.is_complex() else t.dtype) if isinstance(x, Tensor) else x
+    """A scalar tensor in ``t``'s (real) dtype and on its device (parameters may live on several)."""
+    return x.to(dtype=t.real.dtype if t.is_complex() else t.dtype, device=t.device) if isinstance(x, Tensor) else x
 
 
 def _nonzero(x: Any) -> bool:
@@ -144,17 +145,17 @@ def _prodigy_math(grads: Sequence[Optional[Tensor]], params: Sequence[Tensor], e
             continue
         ratio = d / f64(hp.d0)
         sg = _sliced(g, hp.slice_p)
-        delta = delta + (ratio * dlr) * torch.dot(sg, p0[i] - _sliced(p, hp.slice_p)).to(torch.float64)
+        delta = delta + (ratio * dlr) * torch.dot(sg, p0[i] - _sliced(p, hp.slice_p)).to(dev, torch.float64)
         if has_exp_avg:
             m_new[i] = exp_avg[i] * _like(b1, g) + _like(m_coef, g) * g
         v_new[i] = exp_avg_sq[i] * _like(b2, g) + _like(v_coef, g) * g * g
         s_coef = ratio * d if hp.safeguard_warmup else ratio * dlr
         s_new[i] = s[i] * _like(b3, g) + _like(s_coef, g) * sg
-        denom_sum = denom_sum + s_new[i].abs().sum().to(torch.float64)
+        denom_sum = denom_sum + s_new[i].abs().sum().to(dev, torch.float64)
         if has_exp_avg:
-            m_new[i] = torch.where(lr_pos, m_new[i], exp_avg[i])
-        v_new[i] = torch.where(lr_pos, v_new[i], exp_avg_sq[i])
-        s_new[i] = torch.where(lr_pos, s_new[i], s[i])
+            m_new[i] = torch.where(lr_pos.to(g.device), m_new[i], exp_avg[i])
+        v_new[i] = torch.where(lr_pos.to(g.device), v_new[i], exp_avg_sq[i])
+        s_new[i] = torch.where(lr_pos.to(g.device), s_new[i], s[i])
 
     applied = lr_pos & (denom_sum != 0)
     numerator = scaled_numerator + delta
@@ -175,8 +176,9 @@ def _prodigy_math(grads: Sequence[Optional[Tensor]], params: Sequence[Tensor], e
             new_p = new_p + _like(-dlr, p) * (m_new[i] / denom)
         else:
             new_p = new_p + _like(-dlr * d_next, p) * (g / denom)
-        new_params[i] = torch.where(applied, new_p, p)
-        updates[i] = torch.where(applied, new_p - p, torch.zeros_like(p))
+        on = applied.to(p.device)
+        new_params[i] = torch.where(on, new_p, p)
+        updates[i] = torch.where(on, new_p - p, torch.zeros_like(p))
     return _ProdigyOut(updates, new_params, m_new, v_new, s_new, torch.where(applied, count + 1, count),
                        torch.where(applied, d_next, d), torch.where(applied, d_max_next, d_max),
                        torch.where(applied, numerator, d_numerator), applied, denom_sum, d_hat)
