@@ -410,11 +410,31 @@ def write(result: dict, out_dir: str) -> list:
     return paths
 
 
+def merge(base: dict, rerun: dict) -> dict:
+    """``base`` with the blocks (workload, optimizer) that ``rerun`` measured again replaced by
+    ``rerun``'s; each block's ratios stay measured side by side within one run, and a note names
+    the rerun's command."""
+    redone = {(r["workload"], r["optimizer"]) for r in rerun["rows"]}
+    merged = dict(base)
+    merged["rows"] = [r for r in base["rows"] if (r["workload"], r["optimizer"]) not in redone] + rerun["rows"]
+    blocks = ", ".join(sorted({o for _, o in redone}))
+    rerun_note = (f"blocks of {blocks} re-measured by `{rerun['command']}` ({rerun['machine']['date']}, "
+                  f"load average {rerun['machine'].get('loadavg_start')} at start, "
+                  f"{rerun['machine'].get('loadavg_end')} at end)")
+    merged["notes"] = list(dict.fromkeys([rerun_note] + base["notes"] + rerun["notes"]))
+    merged["wall_s"] = base["wall_s"] + rerun["wall_s"]
+    return merged
+
+
 if __name__ == "__main__":
     import sys
 
-    if len(sys.argv) != 2:
-        raise SystemExit("usage: python -m benchmarks.report RESULTS.json  (re-renders its .md and .png)")
+    if len(sys.argv) not in (2, 3):
+        raise SystemExit("usage: python -m benchmarks.report RESULTS.json [RERUN.json]\n"
+                         "  re-renders RESULTS' .md and .png; with RERUN, its blocks replace RESULTS' same blocks first")
     with open(sys.argv[1]) as f:
         saved = json.load(f)
+    if len(sys.argv) == 3:
+        with open(sys.argv[2]) as f:
+            saved = merge(saved, json.load(f))
     print("\n".join(write(saved, os.path.dirname(os.path.abspath(sys.argv[1])))))
