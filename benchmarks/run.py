@@ -77,8 +77,10 @@ def machine_info(device: torch.device) -> dict:
 
 
 def build_candidates(opt: registry.Available, work: workloads.Workload, device: torch.device, compiled: bool,
-                     compile_torch_step: bool, adam_fused_ref: bool, notes: list) -> list:
-    """Every implementation of ``opt`` this checkout and device offer, each with its own copy of the work.
+                     compile_torch_step: bool, adam_fused_ref: bool, notes: list,
+                     only: Optional[str] = None) -> list:
+    """Every implementation of ``opt`` this checkout and device offer, each with its own copy of the work
+    (``only``: just the one with that label; otherwise all but the compiled ``optimizer.step`` ones).
 
     ``work`` is the workload ``opt`` runs on (``spec.workload`` applied); its ``objective``, if any,
     goes to every candidate. Optimizers that do not compile (``spec.compilable``) get no compiled ones.
@@ -105,10 +107,12 @@ def build_candidates(opt: registry.Available, work: workloads.Workload, device: 
         if compiled:
             makers.append(("functional/compiled", lambda: functional(True)))
             makers.append(("functional/compiled-inplace", lambda: functional(True, inplace=True)))
-    if compile_torch_step:
+    if compile_torch_step:  # built and timed one at a time: see bench_block
         makers.append(("torch/compiled-step", lambda: optim("torch", spec.torch_cls, "compiled-step")))
         if opt.compat_cls is not None:
             makers.append(("compat/compiled-step", lambda: optim("compat", opt.compat_cls, "compiled-step")))
+    makers = [(label, make) for label, make in makers
+              if (label == only if only else not label.endswith("/compiled-step"))]
     if adam_fused_ref and spec.name != "Adam":
         def adam_ref():
             c = OptimCandidate("torch", torch.optim.Adam, "fused", p, g, {})
@@ -157,7 +161,7 @@ def bench_block(opt, work, device, args, bw: float, notes: list) -> list:
         torch._dynamo.reset()  # each block's compiled step starts from an empty cache (no recompile limit hits)
     candidates = build_candidates(
         opt, work, device, compiled,
-        compile_torch_step=compiled,
+        compile_torch_step=False,
         adam_fused_ref=compiled, notes=notes,
     )
     if not candidates:
@@ -165,13 +169,18 @@ def bench_block(opt, work, device, args, bw: float, notes: list) -> list:
     for _ in range(args.warmup):
         for c in candidates:
             c.step()
-    # compiled optimizer steps whose float lr recompiles them at every step (torch's own does for
-    # several optimizers) are timed in a group of their own, so their compilations cannot slow down
-    # the implementations they are not compared with
-    groups = [[c for c in candidates if c.impl != "compiled-step"], [c for c in candidates if c.impl == "compiled-step"]]
-    samples = {}
-    for group in (g for g in groups if g):
-        samples.update(time_interleaved(group, args.reps, device, progress=f"    timing {len(group)} implementations"))
+    samples = time_interleaved(candidates, args.reps, device, progress=f"    timing {len(candidates)} implementations")
+    # torch.compile(opt.step) of torch's and of compat's optimizer share code objects (torch's step
+    # wrapper) and so Dynamo's cache and frame state: compiled in one process, each made the other
+    # recompile at every step. Each is built from an empty cache and timed on its own, after the rest.
+    if compiled and opt.spec.compilable:
+        for label in ("torch/compiled-step", "compat/compiled-step"):
+            torch._dynamo.reset()
+            for c in build_candidates(opt, work, device, compiled, True, False, notes, only=label):
+                for _ in range(args.warmup):
+                    c.step()
+                samples.update(time_interleaved([c], args.reps, device, progress=f"    timing {label}"))
+                candidates.append(c)
     bw = max(bw, bandwidth(device, reps=5)["best"])  # re-measured next to this block's timings
     by_label = {c.label: c for c in candidates}
     # torch's default implementation; its for-loop where it has no other (Muon, SparseAdam, LBFGS)
