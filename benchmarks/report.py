@@ -423,6 +423,7 @@ def merge(base: dict, rerun: dict) -> dict:
                   f"{rerun['machine'].get('loadavg_end')} at end)")
     merged["notes"] = list(dict.fromkeys([rerun_note] + base["notes"] + rerun["notes"]))
     merged["wall_s"] = base["wall_s"] + rerun["wall_s"]
+    merged["hparams_probe"] = {**base.get("hparams_probe", {}), **rerun.get("hparams_probe", {})}
     return merged
 
 
