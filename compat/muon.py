@@ -14,7 +14,7 @@ from functional_optim._kernels.ops import LoopOps
 from functional_optim.muon import MUON, MuonHParams, muon_transformation, validate
 
 from . import convert
-from .optimizer import FunctionalOptimizer, check_grad_shapes
+from .optimizer import FunctionalOptimizer, check_grad_shapes, saved_state_entries
 
 __all__ = ["Muon"]
 
@@ -119,24 +119,11 @@ class Muon(FunctionalOptimizer):
     def _validate_state_dict(self, state_dict: dict) -> None:
         """Refuse a malformed state dict before loading: each entry a dict whose ``momentum_buffer``
         (if any) is a tensor of its parameter's shape."""
-        if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
-            raise ValueError("optimizer state dict must be a dict with 'state' and 'param_groups' keys")
-        saved_groups = state_dict["param_groups"]
-        if len(saved_groups) != len(self.param_groups):
-            return  # torch's own check raises its message
-        for group, saved in zip(self.param_groups, saved_groups):
-            if len(group["params"]) != len(saved["params"]):
-                return
-            for p, pid in zip(group["params"], saved["params"]):
-                entry = state_dict["state"].get(pid)
-                if entry is None:
-                    continue
-                if not isinstance(entry, dict):
-                    raise ValueError(f"state of parameter {pid} must be a dict, got {type(entry).__name__}")
-                buf = entry.get("momentum_buffer")
-                if buf is not None and (not torch.is_tensor(buf) or buf.shape != p.shape):
-                    got = tuple(buf.shape) if torch.is_tensor(buf) else type(buf).__name__
-                    raise ValueError(
-                        f"state 'momentum_buffer' of parameter {pid} must be a tensor of shape {tuple(p.shape)}, "
-                        f"got {got}"
-                    )
+        for _group, _saved, p, pid, entry in saved_state_entries(self, state_dict):
+            buf = entry.get("momentum_buffer")
+            if buf is not None and (not torch.is_tensor(buf) or buf.shape != p.shape):
+                got = tuple(buf.shape) if torch.is_tensor(buf) else type(buf).__name__
+                raise ValueError(
+                    f"state 'momentum_buffer' of parameter {pid} must be a tensor of shape {tuple(p.shape)}, "
+                    f"got {got}"
+                )

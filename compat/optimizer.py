@@ -262,43 +262,54 @@ class FunctionalOptimizer(Optimizer):
         super().load_state_dict(state_dict)
 
     def _validate_state_dict(self, state_dict: dict) -> None:
-        if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
-            raise ValueError("optimizer state dict must be a dict with 'state' and 'param_groups' keys")
-        saved_groups = state_dict["param_groups"]
-        if len(saved_groups) != len(self.param_groups):
-            return  # torch's own check raises its message
-        for group, saved in zip(self.param_groups, saved_groups):
-            if len(group["params"]) != len(saved["params"]):
-                return
-            merged = {**group, **{k: v for k, v in saved.items() if k != "params"}}
-            try:
-                hparams, static = self._hparams(merged), self._static(merged)
-            except KeyError:
-                hparams = static = None
-            for p, pid in zip(group["params"], saved["params"]):
-                entry = state_dict["state"].get(pid)
-                if entry is None:
+        group_hparams: dict = {}  # id(group) -> (hparams, static), or (None, None) for unknown keys
+        for group, saved, p, pid, entry in saved_state_entries(self, state_dict):
+            if id(group) not in group_hparams:
+                merged = {**group, **{k: v for k, v in saved.items() if k != "params"}}
+                try:
+                    group_hparams[id(group)] = (self._hparams(merged), self._static(merged))
+                except KeyError:
+                    group_hparams[id(group)] = (None, None)
+            hparams, static = group_hparams[id(group)]
+            if "step" not in entry:
+                raise ValueError(f"state of parameter {pid} has no 'step'")
+            _check_step_value(entry["step"], pid)
+            if static is None:
+                continue
+            expected = self.definition.init_slots(torch.empty_like(p, device="meta"), hparams, static)
+            for key, like in expected.items():
+                if like is None:
                     continue
-                if not isinstance(entry, dict):
-                    raise ValueError(f"state of parameter {pid} must be a dict, got {type(entry).__name__}")
-                if "step" not in entry:
-                    raise ValueError(f"state of parameter {pid} has no 'step'")
-                _check_step_value(entry["step"], pid)
-                if static is None:
-                    continue
-                expected = self.definition.init_slots(torch.empty_like(p, device="meta"), hparams, static)
-                for key, like in expected.items():
-                    if like is None:
-                        continue
-                    value = entry.get(key)
-                    if not isinstance(value, Tensor):
-                        raise ValueError(f"state of parameter {pid} is missing tensor '{key}'")
-                    if value.shape != like.shape:
-                        raise ValueError(
-                            f"state '{key}' of parameter {pid} has shape {tuple(value.shape)}, "
-                            f"expected {tuple(like.shape)}"
-                        )
+                value = entry.get(key)
+                if not isinstance(value, Tensor):
+                    raise ValueError(f"state of parameter {pid} is missing tensor '{key}'")
+                if value.shape != like.shape:
+                    raise ValueError(
+                        f"state '{key}' of parameter {pid} has shape {tuple(value.shape)}, "
+                        f"expected {tuple(like.shape)}"
+                    )
 
+
+def saved_state_entries(optimizer: Optimizer, state_dict: Any):
+    """``(group, saved group, param, saved id, entry)`` for each saved per-parameter state of a
+    torch-format state dict, after the checks every class makes first: a dict with ``state`` and
+    ``param_groups``, each entry a dict. Stops where the group or parameter counts differ (torch's
+    own ``load_state_dict`` then raises its message)."""
+    if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
+        raise ValueError("optimizer state dict must be a dict with 'state' and 'param_groups' keys")
+    saved_groups = state_dict["param_groups"]
+    if len(saved_groups) != len(optimizer.param_groups):
+        return
+    for group, saved in zip(optimizer.param_groups, saved_groups):
+        if len(group["params"]) != len(saved["params"]):
+            return
+        for p, pid in zip(group["params"], saved["params"]):
+            entry = state_dict["state"].get(pid)
+            if entry is None:
+                continue
+            if not isinstance(entry, dict):
+                raise ValueError(f"state of parameter {pid} must be a dict, got {type(entry).__name__}")
+            yield group, saved, p, pid, entry
 
 def check_grad_shapes(optimizer: Optimizer) -> None:
     """Refuse a gradient whose shape differs from its parameter's, before anything is changed.

@@ -22,7 +22,7 @@ from functional_optim.sgd import SGD as SGD_DEFINITION
 from functional_optim.sgd import SPARSE_WEIGHT_DECAY_ERROR, SGDState, SGDStatic, validate
 
 from . import convert
-from .optimizer import FunctionalOptimizer, _cache_sized_chunks, check_grad_shapes
+from .optimizer import FunctionalOptimizer, _cache_sized_chunks, check_grad_shapes, saved_state_entries
 
 __all__ = ["SGD"]
 
@@ -252,29 +252,16 @@ class SGD(FunctionalOptimizer):
     def _validate_state_dict(self, state_dict: dict) -> None:
         """Check a torch-format SGD state dict before loading: each entry a dict whose
         ``momentum_buffer``, if any, is ``None`` or a tensor of its parameter's shape."""
-        if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
-            raise ValueError("optimizer state dict must be a dict with 'state' and 'param_groups' keys")
-        saved_groups = state_dict["param_groups"]
-        if len(saved_groups) != len(self.param_groups):
-            return  # torch's own check raises its message
-        for group, saved in zip(self.param_groups, saved_groups):
-            if len(group["params"]) != len(saved["params"]):
-                return
-            for p, pid in zip(group["params"], saved["params"]):
-                entry = state_dict["state"].get(pid)
-                if entry is None:
-                    continue
-                if not isinstance(entry, dict):
-                    raise ValueError(f"state of parameter {pid} must be a dict, got {type(entry).__name__}")
-                buf = entry.get("momentum_buffer")
-                if buf is None:
-                    continue
-                if not isinstance(buf, Tensor):
-                    raise ValueError(f"state 'momentum_buffer' of parameter {pid} must be a tensor or None, "
-                                     f"got {type(buf).__name__}")
-                if buf.shape != p.shape:
-                    raise ValueError(f"state 'momentum_buffer' of parameter {pid} has shape {tuple(buf.shape)}, "
-                                     f"expected {tuple(p.shape)}")
+        for _group, _saved, p, pid, entry in saved_state_entries(self, state_dict):
+            buf = entry.get("momentum_buffer")
+            if buf is None:
+                continue
+            if not isinstance(buf, Tensor):
+                raise ValueError(f"state 'momentum_buffer' of parameter {pid} must be a tensor or None, "
+                                 f"got {type(buf).__name__}")
+            if buf.shape != p.shape:
+                raise ValueError(f"state 'momentum_buffer' of parameter {pid} has shape {tuple(buf.shape)}, "
+                                 f"expected {tuple(p.shape)}")
 
     # ------------------------------------------------------------------ the functional API
     def to_functional(self, params: Any):
