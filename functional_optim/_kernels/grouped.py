@@ -160,7 +160,7 @@ def step_lists(definition: Any, ops: Any, run_kernel, params: list, grads: list,
     ops); otherwise one ``run_kernel`` over the lists, as in-place Ops run it.
     """
     groups = []
-    if flat and getattr(definition, "elementwise", False) and len(params) >= MIN_GROUP:
+    if flat and definition.elementwise and len(params) >= MIN_GROUP:
         candidates = _eligible(definition, params, grads, state)
         if len(candidates) >= MIN_GROUP:
             groups = _groups(definition, params, state, candidates)
