@@ -15,6 +15,7 @@ from .adam import Adam, AdamW
 from .adamax import Adamax
 from .asgd import ASGD
 from .muon import Muon
+from .muon_adamw import MuonWithAdamW
 from .sparse_adam import SparseAdam
 from .lbfgs import LBFGS
 from .lamb import Lamb
@@ -30,4 +31,4 @@ from .sgd import SGD
 from .optimizer import FunctionalOptimizer
 from .transformation import TransformationOptimizer
 
-__all__ = ["AdaBelief", "ADOPT", "AdEMAMix", "Adan", "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "NAdam", "RAdam", "Adamax", "ASGD", "Rprop", "RMSprop", "SGD", "Muon", "SparseAdam", "LBFGS", "Lamb", "Lars", "Lion", "Prodigy", "AdamWScheduleFree", "SGDScheduleFree", "FunctionalOptimizer", "TransformationOptimizer"]
+__all__ = ["AdaBelief", "ADOPT", "AdEMAMix", "Adan", "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "NAdam", "RAdam", "Adamax", "ASGD", "Rprop", "RMSprop", "SGD", "Muon", "MuonWithAdamW", "SparseAdam", "LBFGS", "Lamb", "Lars", "Lion", "Prodigy", "AdamWScheduleFree", "SGDScheduleFree", "FunctionalOptimizer", "TransformationOptimizer"]

@@ -29,6 +29,7 @@ from .rprop import RpropHParams, RpropState, RpropStatic, rprop
 from .rmsprop import RMSpropHParams, RMSpropState, RMSpropStatic, rmsprop
 from .sgd import SGDHParams, SGDState, SGDStatic, sgd
 from .muon import MuonHParams, MuonState, MuonStatic, muon, newton_schulz
+from .muon_adamw import muon_adamw
 from .sparse_adam import SparseAdamHParams, SparseAdamState, SparseAdamStatic, sparse_adam
 from .lbfgs import LBFGSHParams, LBFGSState, LBFGSStatic, lbfgs
 from .lion import ScaleByLionHParams, ScaleByLionState, lion, scale_by_lion
@@ -205,6 +206,7 @@ __all__ = [
     "SGDState",
     "SGDStatic",
     "muon",
+    "muon_adamw",
     "MuonHParams",
     "MuonState",
     "MuonStatic",
