@@ -41,13 +41,17 @@ class MuonWithAdamW(Optimizer):
     Routing: each given param group is split in two ``param_groups`` entries, its 2-D parameters
     (``use_muon=True``: keys named as ``torch.optim.Muon``'s group) and its other parameters
     (``use_muon=False``: keys named as ``torch.optim.AdamW``'s group, so ``lr`` is the AdamW lr);
-    an empty half is left out. So an LR scheduler, which scales each group's ``"lr"``, drives
+    an empty half is left out. A group with ``use_muon=True`` or ``use_muon=False`` is not
+    split (all its parameters go to that side; Muon ones must be 2-D), as the Muon reference
+    code's ``MuonWithAuxAdam(param_groups)``: there ``lr``, ``betas``, ``eps``, ``weight_decay`` of
+    a ``use_muon=False`` group are AdamW's (the ``adamw_*`` names work too), so e.g. a 2-D
+    embedding or head can be given to AdamW. So an LR scheduler, which scales each group's ``"lr"``, drives
     both learning rates, each from its own initial value. The math runs in ``compat.Muon`` and
     ``compat.AdamW`` over those same group dicts and the shared ``state``: per parameter
     ``{"momentum_buffer"}`` (Muon) or ``{"step", "exp_avg", "exp_avg_sq"}`` (AdamW), torch's
     layout, so each half equals its torch optimizer step by step. ``load_state_dict`` checks the
-    groups' routing and each half's state before changing anything. Routing is by shape alone:
-    to give 2-D embeddings or a head to AdamW, use two optimizers or ``fo.partition``.
+    groups' routing and each half's state before changing anything; ``copy.deepcopy`` and pickle
+    keep the two halves linked.
     Functional form: :func:`functional_optim.muon_adamw`.
     """
 
@@ -83,14 +87,28 @@ class MuonWithAdamW(Optimizer):
     def _split(self, group: dict) -> tuple[Optional[dict], Optional[dict]]:
         params = group["params"]
         params = [params] if isinstance(params, Tensor) else list(params)
-        unknown = set(group) - {"params", *_MUON_KEYS, *_ADAMW_KEYS}
+        use_muon = group.get("use_muon")
+        if use_muon is not None and not isinstance(use_muon, bool):
+            raise TypeError(f"MuonWithAdamW: use_muon must be True, False or absent, got {use_muon!r}")
+        allowed = {"params", "use_muon", *_MUON_KEYS, *_ADAMW_KEYS}
+        if use_muon is False:  # MuonWithAuxAdam's AdamW group: AdamW's own names
+            allowed |= set(_ADAMW_KEYS.values())
+        unknown = set(group) - allowed
         if unknown:
             raise ValueError(f"MuonWithAdamW: unknown param group keys {sorted(unknown)}")
-        value = {**self.defaults, **{k: v for k, v in group.items() if k != "params"}}
+        given = {k: v for k, v in group.items() if k not in ("params", "use_muon")}
+        if use_muon is False:  # "lr", "betas", "eps", "weight_decay" are AdamW's here
+            given = {k: v for k, v in given.items() if k in _ADAMW_KEYS}
+            given.update({f"adamw_{k}": group[k] for k in _ADAMW_KEYS.values() if k in group})
+            if "adamw_lr" not in given and self.defaults["adamw_lr"] is None:
+                given["adamw_lr"] = self.defaults["lr"]
+        value = {**self.defaults, **given}
         if value["adamw_lr"] is None:
             value["adamw_lr"] = value["lr"]
-        matrices = [p for p in params if p.ndim == 2]
-        others = [p for p in params if p.ndim != 2]
+        if use_muon is None:  # route by shape
+            matrices, others = [p for p in params if p.ndim == 2], [p for p in params if p.ndim != 2]
+        else:
+            matrices, others = (params, []) if use_muon else ([], params)
         muon = {"params": matrices, **{k: value[k] for k in _MUON_KEYS}} if matrices else None
         adamw = {"params": others, **{v: value[k] for k, v in _ADAMW_KEYS.items()}} if others else None
         return muon, adamw
@@ -165,6 +183,9 @@ class MuonWithAdamW(Optimizer):
                                                           if pid in ids}, "param_groups": part})
         super().load_state_dict(state_dict)  # torch's checks (group and parameter counts) and loading
         self._link()
+
+    def __getstate__(self) -> dict:
+        return {**super().__getstate__(), "_muon": self._muon, "_adamw": self._adamw}
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)

@@ -296,3 +296,54 @@ def test_compat_zero_grad_closure_and_export():
     assert losses[-1] < losses[0]
     opt.zero_grad()
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_compat_use_muon_groups_as_muon_with_aux_adam():
+    """A group with ``use_muon`` is not split (the Muon reference code's MuonWithAuxAdam groups):
+    a 2-D "embedding" goes to AdamW with AdamW's own key names."""
+    dtype = torch.float64
+    params = _params(dtype)
+    ours_ps, ref_ps = _leaves(params), _leaves(params)
+    ours = MuonWithAdamW([dict(params=[ours_ps[0], ours_ps[2]], use_muon=True, lr=0.02, weight_decay=0.01),
+                          dict(params=[ours_ps[5], ours_ps[1]], use_muon=False, lr=3e-3, betas=(0.9, 0.95),
+                               weight_decay=0.01),
+                          dict(params=[ours_ps[3], ours_ps[4]])], lr=0.05, adamw_lr=1e-2, adamw_eps=1e-10)
+    assert [g["use_muon"] for g in ours.param_groups] == [True, False, False]
+    assert ours.param_groups[1]["eps"] == 1e-10 and ours.param_groups[2]["lr"] == 1e-2
+    muon = TorchMuon([ref_ps[0], ref_ps[2]], lr=0.02, weight_decay=0.01)
+    adamw = torch.optim.AdamW([dict(params=[ref_ps[5], ref_ps[1]], lr=3e-3, betas=(0.9, 0.95), weight_decay=0.01),
+                               dict(params=[ref_ps[3], ref_ps[4]], lr=1e-2)], eps=1e-10)
+    ref = _Reference.__new__(_Reference)
+    ref.muon, ref.adamw = muon, adamw
+    _run_pair(ours, ref, ours_ps, ref_ps, dtype, range(3))
+    with pytest.raises(ValueError, match="2D"):
+        MuonWithAdamW([dict(params=[ours_ps[1]], use_muon=True)])
+    with pytest.raises(ValueError, match="unknown param group keys"):
+        MuonWithAdamW([dict(params=[ours_ps[0]], use_muon=True, betas=(0.9, 0.9))])
+
+
+def test_compat_deepcopy_and_pickle_keep_the_halves_linked():
+    import pickle
+
+    dtype = torch.float64
+    params = _params(dtype)
+    ps = _leaves(params)
+    opt = MuonWithAdamW(ps, lr=0.05, adamw_lr=1e-2)
+    _set_grads(ps, _grads([p.detach() for p in ps], 0))
+    opt.step()
+    for clone in (copy.deepcopy(opt), pickle.loads(pickle.dumps(opt))):
+        assert clone._muon.state is clone.state and clone._adamw.state is clone.state
+        assert clone._muon.param_groups[0] is clone.param_groups[0]
+        assert clone._adamw.param_groups[0] is clone.param_groups[1]
+        cps = [p for g in clone.param_groups for p in g["params"]]
+        assert all(clone.state[p] for p in cps)
+    clone = copy.deepcopy(opt)
+    cps = [p for g in clone.param_groups for p in g["params"]]
+    ops = [p for g in opt.param_groups for p in g["params"]]
+    grads = _grads([p.detach() for p in ops], 3)
+    _set_grads(ops, grads)
+    _set_grads(cps, grads)
+    opt.step()
+    clone.step()
+    for a, b in zip(cps, ops):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
