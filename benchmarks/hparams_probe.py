@@ -33,12 +33,22 @@ def measure(factory, work, device: torch.device, reps: int, kwargs: dict) -> dic
     """``{"float": {...}, "tensor": {...}}`` for the optimizer made by ``factory(**kwargs)``.
 
     The kinds run one after the other, each from an empty Dynamo cache: compiled together, the
-    second would start from the first's cache entries and frame state (one code object).
+    second would start from the first's cache entries (one code object).
     """
     tx = factory(**kwargs)
     base_lr = float(tx.hparams.lr)
-    # tensor first: after a float run, Dynamo's frame state (not cleared by reset) still marks the
-    # float as seen, and the tensor run compiled twice; a fresh process compiles it once
+    # Dynamo's file-based profile-guided state (on by default, reread after reset()) remembers
+    # earlier compiles of the same code (this process's other blocks, earlier runs on the machine)
+    # and made the tensor kind compile twice; off here, each kind compiles as in a fresh process.
+    pgo = torch._dynamo.config.automatic_dynamic_local_pgo
+    torch._dynamo.config.automatic_dynamic_local_pgo = False
+    try:
+        return _measure(tx, base_lr, work, device, reps)
+    finally:
+        torch._dynamo.config.automatic_dynamic_local_pgo = pgo
+
+
+def _measure(tx, base_lr: float, work, device: torch.device, reps: int) -> dict:
     kinds = {"tensor": lambda lr: torch.tensor(lr, dtype=torch.float64, device=device), "float": lambda lr: lr}
     out = {}
     for kind, as_hparam in kinds.items():
