@@ -166,6 +166,36 @@ def run_functional_parity(torch_cls, make_transform: Callable[[], fo.GradientTra
                     assert_close(ours, value, dtype, f"state {key} of {n} after step {step}")
 
 
+def check_functional_round_trip(ref, ours, ref_ps: list, ours_ps: list, grads_for: Callable, switch_at: int = 2,
+                                steps: int = 4) -> None:
+    """compat -> functional -> compat mid-run against torch: ``ours`` (a compat optimizer) and ``ref``
+    (its torch twin) take ``switch_at`` steps on ``grads_for(params, step)``; then ``ours`` continues
+    as ``to_functional``'s transformation while ``ref`` steps on, the params must equal torch's
+    (float64), and ``load_functional`` must give torch's ``state_dict``."""
+    names = [f"p{i}" for i in range(len(ours_ps))]
+    for step in range(switch_at):
+        for opt, ps in ((ref, ref_ps), (ours, ours_ps)):
+            for p, g in zip(ps, grads_for(ps, step)):
+                p.grad = g
+            opt.step()
+    tx, state = ours.to_functional(dict(zip(names, ours_ps)))
+    tree = {n: p.detach().clone() for n, p in zip(names, ours_ps)}
+    for step in range(switch_at, steps):
+        grads = grads_for(ref_ps, step)
+        for p, g in zip(ref_ps, grads):
+            p.grad = g
+        ref.step()
+        updates, state = tx.update(dict(zip(names, grads)), state, tree)
+        tree = fo.apply_updates(tree, updates)
+    for n, r in zip(names, ref_ps):
+        assert_close(tree[n], r.detach(), torch.float64, n)
+    with torch.no_grad():
+        for p, n in zip(ours_ps, names):
+            p.copy_(tree[n])
+    ours.load_functional(dict(zip(names, ours_ps)), state)
+    assert_state_dicts_match(ours.state_dict(), ref.state_dict(), torch.float64)
+
+
 def signature_shape(fn) -> list[tuple]:
     """(name, kind, default) of every parameter: a signature compared without annotations."""
     import inspect

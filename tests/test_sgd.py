@@ -19,6 +19,7 @@ import test_func_transforms
 from _parity import (
     assert_close,
     assert_state_dicts_match,
+    check_functional_round_trip,
     grads_for_step,
     make_params,
     run_compat_parity,
@@ -658,28 +659,7 @@ def test_to_functional_and_back_continue_like_torch(momentum):
     ref = torch.optim.SGD(ref_ps, **kwargs)
     ours_ps = _params(torch.float64)
     ours = SGD(ours_ps, **kwargs)
-    names = [f"p{i}" for i in range(len(ours_ps))]
-    for step in range(2):
-        for opt, ps in ((ref, ref_ps), (ours, ours_ps)):
-            for p, g in zip(ps, _grads(ps, step)):
-                p.grad = g
-            opt.step()
-    tx, state = ours.to_functional(dict(zip(names, ours_ps)))
-    tree = {n: p.detach().clone() for n, p in zip(names, ours_ps)}
-    for step in range(2, 4):
-        grads = _grads(ref_ps, step)
-        for p, g in zip(ref_ps, grads):
-            p.grad = g
-        ref.step()
-        updates, state = tx.update(dict(zip(names, grads)), state, tree)
-        tree = fo.apply_updates(tree, updates)
-    for n, r in zip(names, ref_ps):
-        assert_close(tree[n], r.detach(), torch.float64, n)
-    with torch.no_grad():
-        for p, n in zip(ours_ps, names):
-            p.copy_(tree[n])
-    ours.load_functional(dict(zip(names, ours_ps)), state)
-    assert_state_dicts_match(ours.state_dict(), ref.state_dict(), torch.float64)
+    check_functional_round_trip(ref, ours, ref_ps, ours_ps, _grads)
 
 
 def _t(x: float) -> torch.Tensor:
