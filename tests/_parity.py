@@ -196,6 +196,21 @@ def check_functional_round_trip(ref, ours, ref_ps: list, ours_ps: list, grads_fo
     assert_state_dicts_match(ours.state_dict(), ref.state_dict(), torch.float64)
 
 
+def grad_sequence(shapes, steps: int, dtype, none_at=(), zero_at=()) -> list:
+    """``steps`` lists of random grads of ``shapes`` (the global generator: seed it first); the grad
+    of parameter ``i`` at step ``k`` is ``None`` for ``(k, i)`` in ``none_at``, zeros in ``zero_at``."""
+    out = []
+    for k in range(steps):
+        gs = [torch.randn(s, dtype=dtype) for s in shapes]
+        for i in range(len(gs)):
+            if (k, i) in none_at:
+                gs[i] = None
+            elif (k, i) in zero_at:
+                gs[i] = torch.zeros_like(gs[i])
+        out.append(gs)
+    return out
+
+
 def signature_shape(fn) -> list[tuple]:
     """(name, kind, default) of every parameter: a signature compared without annotations."""
     import inspect

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import functional_optim as fo
+from _parity import grad_sequence
 from functional_optim.lion import ScaleByLionHParams, ScaleByLionState, lion, scale_by_lion
 from compat.lion import Lion
 
@@ -14,19 +15,6 @@ def _tol(dtype):
     return dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-6, atol=1e-6)
 
 
-def _grads(shapes, steps, dtype, none_at=(), zero_at=()):
-    out = []
-    for k in range(steps):
-        gs = [torch.randn(s, dtype=dtype) for s in shapes]
-        for i in range(len(gs)):
-            if (k, i) in none_at:
-                gs[i] = None
-            elif (k, i) in zero_at:
-                gs[i] = torch.zeros_like(gs[i])
-        out.append(gs)
-    return out
-
-
 SHAPES = [(3, 4), (5,), ()]
 
 
@@ -35,7 +23,7 @@ SHAPES = [(3, 4), (5,), ()]
                                 dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True)])
 def test_compat_and_functional_match_lion_pytorch(dtype, kw):
     init = [torch.randn(s, dtype=dtype) for s in SHAPES]
-    grads = _grads(SHAPES, 6, dtype, none_at={(1, 0), (2, 2)}, zero_at={(3, 1)})
+    grads = grad_sequence(SHAPES, 6, dtype, none_at={(1, 0), (2, 2)}, zero_at={(3, 1)})
     ref_p = [p.clone().requires_grad_() for p in init]
     our_p = [p.clone().requires_grad_() for p in init]
     ref = lion_pytorch.Lion(ref_p, **kw)

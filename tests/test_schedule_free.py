@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import functional_optim as fo
+from _parity import grad_sequence
 from functional_optim.schedule_free import (
     ScheduleFreeAdamWHParams,
     ScheduleFreeSGDHParams,
@@ -29,16 +30,7 @@ def _tol(dtype):
 
 
 def _grads(steps, dtype, none_at=(), zero_at=()):
-    out = []
-    for k in range(steps):
-        gs = [torch.randn(s, dtype=dtype) for s in SHAPES]
-        for i in range(len(gs)):
-            if (k, i) in none_at:
-                gs[i] = None
-            elif (k, i) in zero_at:
-                gs[i] = torch.zeros_like(gs[i])
-        out.append(gs)
-    return out
+    return grad_sequence(SHAPES, steps, dtype, none_at, zero_at)
 
 
 CASES = [
