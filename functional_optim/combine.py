@@ -21,6 +21,7 @@ unchanged: the leaf's update is ``None`` and its state is left as it is.
 from __future__ import annotations
 
 import fnmatch
+import re
 from typing import Any, Callable, Mapping, NamedTuple, Sequence, Union
 
 import optree
@@ -28,7 +29,7 @@ import torch
 from torch import Tensor
 
 from .base import GradientTransformation
-from .tree import check_state_type, flatten, unflatten
+from .tree import check_state_type, flatten, rebuild_like, unflatten
 
 __all__ = [
     "MaskedNode",
@@ -116,20 +117,33 @@ def by_name(rules: Rules, default: Any = _NO_DEFAULT) -> Callable[[Any], Any]:
         rule_fn = rules
     else:
         pairs = list(rules.items()) if isinstance(rules, Mapping) else list(rules)
+        # compiled once here: fnmatch's own pattern cache does not trace under torch.compile
+        matchers = [(re.compile(fnmatch.translate(pattern)).match, value) for pattern, value in pairs]
 
         def rule_fn(name, leaf):
-            for pattern, value in pairs:
-                if fnmatch.fnmatchcase(name, pattern):
+            for match, value in matchers:
+                if match(name):
                     return value
             if default is _NO_DEFAULT:
                 raise ValueError(f"no rule matches the parameter named {name!r} and no default was given")
             return default
 
-    def label(params):
-        leaves, spec = flatten(params)
-        return unflatten(spec, [rule_fn(n, p) for n, p in zip(leaf_names(params), leaves)])
+    return _NamedRules(rule_fn)
 
-    return label
+
+class _NamedRules:
+    """What :func:`by_name` returns: called on params it gives the tree of values;
+    :func:`_resolve` asks for the flat values directly (``leaf_values``), since under
+    torch.compile dynamo cannot rebuild a dict whose leaves are all constants (labels, bools)."""
+
+    def __init__(self, rule_fn: Callable[[str, Any], Any]) -> None:
+        self._rule_fn = rule_fn
+
+    def leaf_values(self, params: Any) -> list:
+        return [self._rule_fn(n, p) for n, p in zip(leaf_names(params), flatten(params)[0])]
+
+    def __call__(self, params: Any) -> Any:
+        return unflatten(flatten(params)[1], self.leaf_values(params))
 
 
 def _resolve(spec_or_fn: Any, tree: Any) -> list:
@@ -137,7 +151,13 @@ def _resolve(spec_or_fn: Any, tree: Any) -> list:
 
     A tree may be a prefix of ``tree`` (``{"encoder": False}`` covers the whole encoder).
     """
-    values = spec_or_fn(tree) if callable(spec_or_fn) else spec_or_fn
+    if isinstance(spec_or_fn, (_NamedRules, _PrefixTree)):
+        return spec_or_fn.leaf_values(tree)
+    return _broadcast(spec_or_fn(tree), tree)
+
+
+def _broadcast(values: Any, tree: Any) -> list:
+    """The leaves of the prefix tree ``values`` repeated over the leaves of ``tree`` below each."""
     try:
         full = optree.tree_broadcast_prefix(values, tree, none_is_leaf=True)
     except ValueError as e:
@@ -147,10 +167,40 @@ def _resolve(spec_or_fn: Any, tree: Any) -> list:
     return optree.tree_structure(tree, none_is_leaf=True).flatten_up_to(full)
 
 
+def _prepared(spec_or_fn: Any) -> Any:
+    """A literal mask/labels tree as a :class:`_PrefixTree`; functions as they are."""
+    return spec_or_fn if callable(spec_or_fn) else _PrefixTree(spec_or_fn)
+
+
+class _PrefixTree:
+    """A literal mask/labels tree, read once when the combinator is built.
+
+    Under torch.compile, dynamo cannot rebuild a dict whose leaves are all constants (what
+    ``tree_broadcast_prefix`` of a literal tree does), so a params leaf takes the value of the
+    literal leaf whose path (``optree.tree_paths``, which traces) starts its own path. Outside
+    of compilation the structure is checked as :func:`_broadcast` does.
+    """
+
+    def __init__(self, values: Any) -> None:
+        self._values = values
+        self._rules = list(zip(optree.tree_paths(values, none_is_leaf=True),
+                               optree.tree_leaves(values, none_is_leaf=True)))
+
+    def leaf_values(self, tree: Any) -> list:
+        if not torch.compiler.is_compiling():
+            return _broadcast(self._values, tree)
+        return [self._value_at(path) for path in optree.tree_paths(tree, none_is_leaf=True)]
+
+    def _value_at(self, path: tuple) -> Any:
+        for prefix, value in self._rules:
+            if path[:len(prefix)] == prefix:
+                return value
+        raise ValueError(f"the mask/labels tree does not match the structure of the params: no entry for {path}")
+
+
 def _keep(tree: Any, keep: Sequence[bool]) -> Any:
     """``tree`` with the leaves not kept replaced by :class:`MaskedNode`."""
-    leaves, spec = flatten(tree)
-    return unflatten(spec, [leaf if k else MaskedNode() for leaf, k in zip(leaves, keep)])
+    return rebuild_like(tree, [leaf if k else MaskedNode() for leaf, k in zip(flatten(tree)[0], keep)])
 
 
 def _sub_leaves(full: Any, sub: Any) -> list:
@@ -263,6 +313,7 @@ def masked(inner: GradientTransformation, mask: Any) -> GradientTransformation:
 
     As in optax, unmasked leaves keep their *input* update (here: the raw gradient).
     """
+    mask = _prepared(mask)
 
     def init(params):
         return MaskedState(inner.init(_keep(params, _resolve(mask, params))))
@@ -297,6 +348,7 @@ def partition(transforms: Mapping[Any, GradientTransformation], param_labels: An
     """
     transforms = dict(transforms)
     labels_set = list(transforms)
+    param_labels = _prepared(param_labels)
 
     def labels_of(tree):
         labels = _resolve(param_labels, tree)

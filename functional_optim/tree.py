@@ -80,6 +80,29 @@ def unflatten(spec: optree.PyTreeSpec, leaves: Sequence[Any]) -> Any:
     return optree.tree_unflatten(spec, list(leaves))
 
 
+def rebuild_like(tree: Any, leaves: Sequence[Any]) -> Any:
+    """``unflatten(flatten(tree)[1], leaves)``, also under torch.compile when the new leaves of
+    a dict are all constants (e.g. every leaf of a submodule replaced by a placeholder node).
+
+    Dynamo (torch 2.13) constant-folds the unflatten of such a dict by calling optree's own
+    ``_dict_unflatten`` with its polyfill's metadata, which fails (``unhashable type: 'list'``);
+    while compiling, dicts are therefore rebuilt here, in :func:`flatten`'s (sorted-key) order.
+    """
+    if not torch.compiler.is_compiling():
+        return unflatten(flatten(tree)[1], leaves)
+    return _rebuild(tree, iter(leaves))
+
+
+def _rebuild(node: Any, remaining: Any) -> Any:
+    if node is None or is_empty(node) or optree.tree_is_leaf(node, none_is_leaf=True):
+        return next(remaining)
+    if type(node) is dict:
+        rebuilt = {key: _rebuild(node[key], remaining) for key in optree.utils.total_order_sorted(node)}
+        return {key: rebuilt[key] for key in node}
+    children, metadata, _, unflatten_fn = optree.tree_flatten_one_level(node, none_is_leaf=True)
+    return unflatten_fn(metadata, [_rebuild(child, remaining) for child in children])
+
+
 def format_path(path: tuple) -> str:
     """Render an optree path as ``tree['w'][0].bias`` style text (``<root>`` for a bare leaf)."""
     if not path:

@@ -1,5 +1,6 @@
 """chain / named_chain / masked / partition: semantics against torch param groups, None grads, lookup."""
 
+import optree
 import pytest
 import torch
 
@@ -115,3 +116,50 @@ def test_tree_get_and_tree_set():
     assert float(state["a"]["lr"]) == pytest.approx(0.1)  # the original is untouched
     with pytest.raises(KeyError):
         tree_set(state, nope=1)
+
+
+
+def _nested_tree():
+    g = torch.Generator().manual_seed(3)
+    return {"enc": {"weight": torch.randn(3, 2, generator=g), "bias": torch.randn(2, generator=g)},
+            "head": {"w": torch.randn(2, 2, generator=g), "b": torch.randn(2, generator=g)}}
+
+
+def _named_parameters():
+    """What ``dict(model.named_parameters())`` looks like: one flat dict of dotted names."""
+    return {f"{module}.{name}": p for module, sub in _nested_tree().items() for name, p in sub.items()}
+
+
+_COMPILED_LABELS = {
+    # glob rules over a nested tree; every sub-dict keeps leaves of both labels
+    "by_name globs": (_nested_tree, by_name({"*bias": "b", "*.b": "b"}, default="a")),
+    "by_name fn": (_nested_tree, by_name(lambda n, p: "a" if p.ndim >= 2 else "b")),
+    # a literal labels tree (read when the combinator is built)
+    "literal tree": (_nested_tree, {"enc": {"weight": "a", "bias": "b"}, "head": {"w": "a", "b": "b"}}),
+    # whole modules to one label, on a flat dict of named parameters
+    "named parameters": (_named_parameters, by_name({"enc.*": "a"}, default="b")),
+}
+
+
+@pytest.mark.parametrize("case", list(_COMPILED_LABELS))
+def test_partition_and_masked_compile_fullgraph(case):
+    """partition / masked with by_name rules (fnmatch does not trace: the globs are compiled to
+    regexes when by_name is built) and literal trees, under torch.compile(fullgraph=True)."""
+    make_params, labels = _COMPILED_LABELS[case]
+    params = make_params()
+    grads = optree.tree_map(lambda p: 0.5 * p, params)
+    mask = optree.tree_map(lambda lbl: lbl == "a", labels) if isinstance(labels, dict) else \
+        by_name(lambda n, p: labels.leaf_values({n: p})[0] == "a")
+    for tx in (partition({"a": fo.sgd(0.1, momentum=0.9), "b": fo.adam(0.1)}, labels),
+               masked(add_decayed_weights(0.1), mask)):
+        torch._dynamo.reset()
+        state = tx.init(params)
+
+        def step(p, g, s):
+            u, s = tx.update(g, s, p)
+            return fo.apply_updates(p, u), s
+
+        got, _ = torch.compile(step, fullgraph=True)(params, grads, state)
+        want, _ = step(params, grads, state)
+        for a, b in zip(optree.tree_leaves(got), optree.tree_leaves(want)):
+            torch.testing.assert_close(a, b)
