@@ -34,6 +34,16 @@ from .sparse_adam import SparseAdamHParams, SparseAdamState, SparseAdamStatic, s
 from .lbfgs import LBFGSHParams, LBFGSState, LBFGSStatic, lbfgs
 from .lion import ScaleByLionHParams, ScaleByLionState, lion, scale_by_lion
 from .prodigy import ProdigyHParams, ProdigyState, ProdigyStatic, prodigy
+from .sophia import (
+    ScaleBySophiaHParams,
+    ScaleBySophiaState,
+    combine_hutchinson_samples,
+    hutchinson_hessian_diag,
+    hutchinson_probes,
+    scale_by_sophia,
+    sophia_h,
+    sophia_set_hessian,
+)
 from .schedule_free import (
     ScheduleFreeAdamWHParams,
     ScheduleFreeHParams,
@@ -314,6 +324,14 @@ __all__ = [
     "ProdigyHParams",
     "ProdigyState",
     "ProdigyStatic",
+    "sophia_h",
+    "scale_by_sophia",
+    "sophia_set_hessian",
+    "hutchinson_probes",
+    "hutchinson_hessian_diag",
+    "combine_hutchinson_samples",
+    "ScaleBySophiaHParams",
+    "ScaleBySophiaState",
     "schedule_free",
     "schedule_free_adamw",
     "schedule_free_sgd",
