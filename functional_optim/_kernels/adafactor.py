@@ -94,8 +94,19 @@ def _mean_squares(ops: Ops, grads: list, dim: int) -> list:
 
 
 def _at_most(x: Scalar, bound: Scalar) -> Scalar:
-    """``min(bound, x)``: Python's ``min`` on host scalars (as torch), a clamp on a tensor ``x``."""
-    return torch.clamp(x, max=bound) if isinstance(x, Tensor) else min(bound, x)
+    """``min(bound, x)``: Python's ``min`` on host scalars (as torch), an elementwise minimum on
+    a tensor ``x``.
+
+    A number ``bound`` (``lr``) enters as ``ones_like(x) * bound`` (exact): under torch.compile a
+    changing Python-float ``lr`` is a symbolic float, and Inductor specializes one passed as
+    ``clamp``'s bound (or ``full_like``'s value), recompiling at every new ``lr`` (measured:
+    ``torch.compile(compat.Adafactor.step)`` with ``StepLR``, one graph per step); a product of a
+    tensor with it stays symbolic."""
+    if not isinstance(x, Tensor):
+        return min(bound, x)
+    if isinstance(bound, Tensor):
+        return torch.clamp(x, max=bound)
+    return torch.minimum(x, torch.ones_like(x) * bound)
 
 
 def _at_least(x: Scalar, bound: Scalar) -> Scalar:
