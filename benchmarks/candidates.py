@@ -20,7 +20,8 @@ from torch import Tensor
 
 import functional_optim
 
-__all__ = ["Candidate", "OptimCandidate", "FunctionalCandidate", "CompileInfo", "compile_recording"]
+__all__ = ["Candidate", "OptimCandidate", "FunctionalCandidate", "CompileInfo", "compile_recording", "optim_for",
+           "functional_for", "compare_params"]
 
 
 class CompileInfo:
@@ -70,6 +71,9 @@ class Candidate:
     def step(self) -> None:
         raise NotImplementedError
 
+    def before_step(self) -> None:
+        """Untimed work before each step (an optimizer that overwrites its gradients gets them back)."""
+
     def params(self) -> list:
         raise NotImplementedError
 
@@ -78,26 +82,47 @@ class Candidate:
 
 
 class OptimCandidate(Candidate):
-    """A ``torch.optim.Optimizer`` (torch's own or a compat class) with one implementation flag.
+    """A ``torch.optim.Optimizer`` (torch's own, a compat class or a reference package's) with one
+    implementation flag.
 
     ``impl``: ``for-loop`` (``foreach=False``), ``foreach`` (``foreach=True``), ``fused``
     (``fused=True``), or ``compiled-step``: ``torch.compile(optimizer.step)`` with the default
     implementation and a float ``lr`` that a ``StepLR`` scheduler changes after every step (so
     ``compile_info.graphs`` shows whether a changed learning rate recompiles).
-    ``impl_flags=False``: the class has one implementation (``for-loop``) and takes no flags.
+    ``impl_flags=False``: the class has one implementation and takes no flags (``impl`` only
+    names it: ``for-loop``, ``default``, a reference's name). ``prepare(optimizer)`` runs once
+    after construction (Schedule-Free's ``.train()``); ``step_inputs`` are keyword arguments of
+    every ``step`` (SophiaH's ``hessian=``), copied like the gradients. ``scheduled``: the same
+    ``StepLR`` as ``compiled-step`` without compiling (its eager twin). ``restore_grads``: before
+    each step (untimed, :meth:`before_step`) the gradients get their original values back, for
+    classes that overwrite ``p.grad`` (``schedulefree`` divides it in place), so every step sees
+    the workload's gradients.
     """
 
     _FLAGS = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True},
               "compiled-step": {}}
 
     def __init__(self, family: str, cls: type, impl: str, params: list, grads: list, kwargs: dict,
-                 impl_flags: bool = True, objective: Optional[Callable] = None) -> None:
+                 impl_flags: bool = True, objective: Optional[Callable] = None,
+                 prepare: Optional[Callable] = None, step_inputs: Optional[dict] = None,
+                 restore_grads: bool = False, scheduled: bool = False) -> None:
         self.family, self.impl = family, impl
         self._params = [torch.nn.Parameter(p.clone()) for p in params]
         for p, g in zip(self._params, grads):
             p.grad = g.clone()
+        self._original_grads = [g.clone() for g in grads] if restore_grads and objective is None else None
         self.optimizer = cls(self._params, **kwargs, **(self._FLAGS[impl] if impl_flags else {}))
-        self._step = self.optimizer.step
+        if prepare is not None:
+            prepare(self.optimizer)
+        inputs = {k: [t.clone() for t in v] for k, v in (step_inputs or {}).items()}
+        self._scheduler = None
+        if impl == "compiled-step" or scheduled:  # the scheduler first: it wraps optimizer.step to see it called
+            self._scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=1, gamma=0.999)
+        step = self.optimizer.step
+        if impl == "compiled-step":
+            self.compile_info = CompileInfo()
+            step = compile_recording(self.optimizer.step, self.compile_info, fullgraph=False)
+        self._step = lambda: step(**inputs)
         if objective is not None:
             def closure():  # the loss at the current parameters, their gradients into p.grad
                 loss, grads = objective([p.detach() for p in self._params])
@@ -105,17 +130,18 @@ class OptimCandidate(Candidate):
                     p.grad = g
                 return loss
 
-            self._step = lambda: self.optimizer.step(closure)
-        self._scheduler = None
-        if impl == "compiled-step":  # the scheduler first: it wraps optimizer.step to see it called
-            self._scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=1, gamma=0.999)
-            self.compile_info = CompileInfo()
-            self._step = compile_recording(self.optimizer.step, self.compile_info, fullgraph=False)
+            self._step = lambda: step(closure, **inputs)
 
     def step(self) -> None:
         self._step()
         if self._scheduler is not None:
             self._scheduler.step()
+
+    def before_step(self) -> None:
+        if self._original_grads is not None:
+            with torch.no_grad():
+                for p, g in zip(self._params, self._original_grads):
+                    p.grad.copy_(g)
 
     def params(self) -> list:
         return [p.detach() for p in self._params]
@@ -128,27 +154,34 @@ class FunctionalCandidate(Candidate):
     """``functional_optim``: ``update`` then ``apply_updates``, eagerly or under ``torch.compile``.
 
     With an ``objective`` (eager only), the step first evaluates it at the parameters and calls
-    ``update(grads, state, params, value=loss, value_and_grad_fn=objective)``.
+    ``update(grads, state, params, value=loss, value_and_grad_fn=objective)``. ``step_inputs``
+    are inputs of every step (of the compiled step too): ``take_inputs(state, inputs) -> state``
+    hands them to the state before ``update`` (SophiaH's Hessian estimate), or without it they are
+    keyword arguments of ``update``.
     """
 
     def __init__(self, factory: Callable, compiled: bool, params: list, grads: list, kwargs: dict,
-                 inplace: bool = False, objective: Optional[Callable] = None) -> None:
+                 inplace: bool = False, objective: Optional[Callable] = None,
+                 step_inputs: Optional[dict] = None, take_inputs: Optional[Callable] = None) -> None:
         self.family = "functional"
         self.impl = ("compiled" if compiled else "eager") + ("-inplace" if inplace else "")
         transform = factory(**kwargs)
         self._params = [p.clone() for p in params]
         self._grads = [g.clone() for g in grads]
+        self._inputs = {k: [t.clone() for t in v] for k, v in (step_inputs or {}).items()}
         self._state = transform.init(self._params)
 
-        def step(params, grads, state):
+        def step(params, grads, state, inputs):
+            if take_inputs is not None:
+                state, inputs = take_inputs(state, inputs), {}
             if inplace:  # functional_optim.step_: the same math written into the tensors
-                functional_optim.step_(transform, grads, state, params)
+                functional_optim.step_(transform, grads, state, params, **inputs)
                 return params, state
             if objective is not None:
                 loss, grads = objective(params)
                 updates, state = transform.update(grads, state, params, value=loss, value_and_grad_fn=objective)
             else:
-                updates, state = transform.update(grads, state, params)
+                updates, state = transform.update(grads, state, params, **inputs)
             return functional_optim.apply_updates(params, updates), state
 
         self._fn = step
@@ -157,10 +190,47 @@ class FunctionalCandidate(Candidate):
             self._fn = compile_recording(step, self.compile_info)
 
     def step(self) -> None:
-        self._params, self._state = self._fn(self._params, self._grads, self._state)
+        self._params, self._state = self._fn(self._params, self._grads, self._state, self._inputs)
 
     def params(self) -> list:
         return self._params
 
     def state_bytes(self) -> int:
         return _tensor_bytes(self._state)
+
+
+def optim_for(opt, work, family: str, impl: str, scheduled: bool = False) -> OptimCandidate:
+    """``opt``'s class of ``family`` on ``work``: ``"torch"`` (``spec.torch_cls``), ``"compat"`` or
+    ``"reference"`` (``opt.reference_cls``, a reference package's class), with implementation ``impl``.
+
+    ``opt`` is a :class:`benchmarks.registry.Available`. An optimizer beyond torch.optim has one
+    implementation per class (constructed with its defaults, ``impl`` only names it: ``default``,
+    the reference's name, or ``compiled-step``), its spec's ``reference.prepare`` runs on the
+    compat and the reference instance (Schedule-Free's ``.train()``), and both get their gradients
+    back before every step (untimed; a reference package's class may overwrite them).
+    ``scheduled``: with ``compiled-step``'s ``StepLR`` (see :class:`OptimCandidate`).
+    """
+    spec = opt.spec
+    cls = {"torch": spec.torch_cls, "compat": opt.compat_cls, "reference": opt.reference_cls}[family]
+    if cls is None:
+        raise ValueError(f"{spec.name} has no {family} class in this checkout")
+    prepare = spec.reference.prepare if spec.beyond_torch and family != "torch" else None
+    return OptimCandidate(family, cls, impl, work.params, work.grads, spec.kwargs,
+                          impl_flags=spec.foreach and not spec.beyond_torch, objective=work.objective,
+                          prepare=prepare, step_inputs=work.step_inputs, restore_grads=spec.beyond_torch,
+                          scheduled=scheduled)
+
+
+def functional_for(opt, work, compiled: bool, inplace: bool = False) -> FunctionalCandidate:
+    """``opt``'s functional factory on ``work``: eager, compiled, or compiled in place (``step_``)."""
+    return FunctionalCandidate(opt.functional, compiled, work.params, work.grads, opt.spec.kwargs,
+                               inplace=inplace, objective=work.objective, step_inputs=work.step_inputs,
+                               take_inputs=opt.spec.functional_inputs)
+
+
+def compare_params(c: Candidate, ref: Candidate) -> dict:
+    """Parameters of ``c`` against ``ref`` after the same number of steps: bitwise equal, max |diff|."""
+    pairs = list(zip(c.params(), ref.params()))
+    equal = all(torch.equal(a, b) for a, b in pairs)
+    diff = 0.0 if equal else max(float((a.double() - b.double()).abs().max()) for a, b in pairs)
+    return {"bitwise": equal, "max_abs_diff": diff}

@@ -17,11 +17,11 @@ import os
 import statistics
 import sys
 import time
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
-__all__ = ["sync", "time_interleaved", "bandwidth", "store_cost", "step_peak_bytes"]
+__all__ = ["sync", "time_interleaved", "untimed_steps", "stats_ms", "bandwidth", "store_cost", "step_peak_bytes"]
 
 
 def sync(device: torch.device) -> None:
@@ -29,7 +29,10 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(fn: Callable[[], None], device: torch.device) -> float:
+def _timed(fn: Callable[[], None], device: torch.device, setup: Optional[Callable[[], None]] = None) -> float:
+    """Seconds of ``fn()`` (synchronised on CUDA); ``setup()`` first, untimed."""
+    if setup is not None:
+        setup()
     sync(device)
     start = time.perf_counter()
     fn()
@@ -44,7 +47,7 @@ def time_interleaved(candidates: Sequence, reps: int, device: torch.device, prog
     for r in range(reps):
         order = candidates[r % n:] + candidates[: r % n]
         for c in order:
-            samples[c.label].append(_timed(c.step, device))
+            samples[c.label].append(_timed(c.step, device, c.before_step))
         if progress:
             print(f"\r{progress} rep {r + 1}/{reps}", end="", file=sys.stderr, flush=True)
     if progress:
@@ -52,9 +55,25 @@ def time_interleaved(candidates: Sequence, reps: int, device: torch.device, prog
     return samples
 
 
+def stats_ms(samples: Sequence[float]) -> dict:
+    """Median, minimum and quartiles (None for one sample) of step times in seconds, as milliseconds."""
+    quartiles = statistics.quantiles(samples, n=4) if len(samples) > 1 else (None, None, None)
+    return {"median_ms": 1e3 * statistics.median(samples), "min_ms": 1e3 * min(samples),
+            "q1_ms": None if quartiles[0] is None else 1e3 * quartiles[0],
+            "q3_ms": None if quartiles[2] is None else 1e3 * quartiles[2]}
+
+
 def timed_first_step(candidate, device: torch.device) -> float:
     """Seconds of a candidate's first step (state creation; compilation for compiled ones)."""
-    return _timed(candidate.step, device)
+    return _timed(candidate.step, device, candidate.before_step)
+
+
+def untimed_steps(candidates: Sequence, steps: int) -> None:
+    """``steps`` steps of every candidate, round-robin (warmup)."""
+    for _ in range(steps):
+        for c in candidates:
+            c.before_step()
+            c.step()
 
 
 def bandwidth(device: torch.device, numel: int = 1 << 25, reps: int = 9) -> dict:
@@ -103,6 +122,7 @@ def step_peak_bytes(candidate, device: torch.device) -> int:
     frees old buffers before allocating new ones would be overstated (none of the steps here does:
     the functional step drops its old parameters and state only after returning the new ones).
     """
+    candidate.before_step()
     if device.type == "cuda":
         sync(device)
         base = torch.cuda.memory_allocated(device)

@@ -7,42 +7,15 @@ import os
 import re
 from typing import Optional
 
+from . import report_beyond
 from .bitwise import STEPS as BITWISE_STEPS
+from .tables import TOLERANCE, _index, _label, _mb, _ms, _ratio, _table, _x  # noqa: F401 (re-exported)
 
 IMPL_ORDER = ["torch/for-loop", "torch/foreach", "torch/fused", "compat/for-loop", "compat/foreach",
               "compat/fused", "functional/eager", "functional/compiled", "functional/compiled-inplace",
               "torch/compiled-step", "compat/compiled-step"]
 OURS = ("compat/for-loop", "compat/foreach", "compat/fused", "functional/eager", "functional/compiled",
         "functional/compiled-inplace")
-TOLERANCE = 0.05  # compat within 5% of torch.optim
-
-
-def _label(row: dict) -> str:
-    return f"{row['family']}/{row['impl']}"
-
-
-def _ms(x: Optional[float]) -> str:
-    if x is None:
-        return "–"
-    return f"{x:.3g}" if x < 100 else f"{x:.0f}"
-
-
-def _mb(n: Optional[int]) -> str:
-    return "–" if n is None else f"{n / 2**20:.1f}"
-
-
-def _table(header: list, rows: list) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def _index(rows: list) -> dict:
-    """``(workload, optimizer) -> {label: row}``."""
-    out: dict = {}
-    for r in rows:
-        out.setdefault((r["workload"], r["optimizer"]), {})[_label(r)] = r
-    return out
 
 
 def _default_label(device: str) -> str:
@@ -52,21 +25,6 @@ def _default_label(device: str) -> str:
 def _default_row(by: dict, device: str) -> Optional[dict]:
     """torch's default implementation in one block: its for-loop where torch has no other (Muon, SparseAdam, LBFGS)."""
     return by.get(_default_label(device)) or by.get("torch/for-loop")
-
-
-def _ratio(a: Optional[dict], b: Optional[dict]) -> Optional[float]:
-    if a is None or b is None:
-        return None
-    return a["median_ms"] / b["median_ms"]
-
-
-def _x(r: Optional[float], mark: bool = False) -> str:
-    if r is None:
-        return "–"
-    text = f"{r:.2f}×"
-    if mark:
-        text += " ✓" if r <= 1 + TOLERANCE else " ✗"
-    return text
 
 
 def summary_sections(result: dict) -> list:
@@ -342,8 +300,13 @@ def markdown(result: dict) -> str:
     ]
     if result["notes"]:
         head += ["", "Notes:", ""] + [f"- {n}" for n in result["notes"]]
-    workloads = list(dict.fromkeys(r["workload"] for r in result["rows"]))
-    sections = [targets_section(result)] + summary_sections(result) + [workload_section(result, w) for w in workloads]
+    # optimizers torch.optim has: the sections against torch; those beyond it: against their references
+    twins = dict(result, rows=[r for r in result["rows"] if not report_beyond.is_beyond(r)])
+    sections = []
+    if twins["rows"]:
+        workloads = list(dict.fromkeys(r["workload"] for r in twins["rows"]))
+        sections += [targets_section(twins)] + summary_sections(twins) + [workload_section(twins, w) for w in workloads]
+    sections += report_beyond.sections(result)
     return "\n".join(head) + "\n\n" + "\n\n".join(sections) + "\n"
 
 
@@ -356,26 +319,38 @@ def plot(result: dict, path: str) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    rows = result["rows"]
-    workloads = list(dict.fromkeys(r["workload"] for r in rows))
-    fig, axes = plt.subplots(len(workloads), 1, figsize=(13, 4.2 * len(workloads)), squeeze=False)
-    labels = [l for l in IMPL_ORDER if any(_label(r) == l for r in rows)]
-    colors = plt.get_cmap("tab10")
-    for ax, w in zip(axes[:, 0], workloads):
-        idx = {o: by for (wl, o), by in _index(rows).items() if wl == w}
+    rows = [r for r in result["rows"] if r.get("median_ms") is not None]
+    # one panel per workload for the optimizers torch.optim has, one per workload for those beyond it
+    # (columns: the reference package class, compat, functional ...), each label in one colour throughout
+    panels = []
+    for beyond, order, key in ((False, IMPL_ORDER, _label), (True, report_beyond.ORDER, report_beyond.column)):
+        part = [r for r in rows if report_beyond.is_beyond(r) == beyond]
+        for w in dict.fromkeys(r["workload"] for r in part):
+            panels.append((w, beyond, order, key, [r for r in part if r["workload"] == w]))
+    if not panels:
+        return False
+    fig, axes = plt.subplots(len(panels), 1, figsize=(13, 4.2 * len(panels)), squeeze=False)
+    palette = list(dict.fromkeys(IMPL_ORDER + report_beyond.ORDER))
+    colors = plt.get_cmap("tab20")
+    for ax, (w, beyond, order, key, part) in zip(axes[:, 0], panels):
+        idx: dict = {}
+        for r in part:
+            idx.setdefault(r["optimizer"], {})[key(r)] = r
+        labels = [l for l in order if any(l in by for by in idx.values())]
         width = 0.85 / len(labels)
         for j, l in enumerate(labels):
             xs = [i + (j - (len(labels) - 1) / 2) * width for i, o in enumerate(idx) if l in idx[o]]
             ys = [idx[o][l]["median_ms"] for o in idx if l in idx[o]]
-            ax.bar(xs, ys, width, label=l, color=colors(j % 10))
+            name = "reference (package class)" if beyond and l == "reference" else l
+            ax.bar(xs, ys, width, label=name, color=colors(palette.index(l) % 20))
         floors = [(i, next(iter(by.values()))["floor_ms"]) for i, by in enumerate(idx.values())]
         for j, (i, floor) in enumerate((i, f) for i, f in floors if f is not None):
             ax.hlines(floor, i - 0.45, i + 0.45, colors="black", linestyles="--",
                       label="bandwidth floor" if j == 0 else None)
-        ax.set_xticks(range(len(idx)), list(idx))
+        ax.set_xticks(range(len(idx)), list(idx), fontsize=8 if beyond else None)
         ax.set_yscale("log")
         ax.set_ylabel("ms / step (median)")
-        ax.set_title(result["workloads"][w])
+        ax.set_title(result["workloads"][w] + (" — beyond torch.optim, against reference packages" if beyond else ""))
         ax.grid(axis="y", which="both", alpha=0.3)
     legend = {}
     for ax in axes[:, 0]:
@@ -392,9 +367,15 @@ def plot(result: dict, path: str) -> bool:
 
 
 def file_stem(result: dict) -> str:
+    """``--name`` if given, else ``<device>`` (``cpu``, ``cuda-<gpu>``), ``-beyond-torch`` for a run of
+    only that group, ``-quick`` for a ``--quick`` run."""
+    args = result["args"]
+    if args.get("name"):
+        return args["name"]
     m = result["machine"]
     name = "cpu" if m["device"] == "cpu" else "cuda-" + re.sub(r"[^a-z0-9]+", "-", m.get("gpu", "gpu").lower())
-    return name.strip("-") + ("-quick" if result["args"].get("quick") else "")
+    return (name.strip("-") + ("-beyond-torch" if args.get("group") == "beyond-torch" else "")
+            + ("-quick" if args.get("quick") else ""))
 
 
 def write(result: dict, out_dir: str) -> list:

@@ -18,7 +18,6 @@ import inspect
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -27,8 +26,9 @@ from typing import Optional
 import torch
 
 from . import bitwise, compile_study, hparams_probe, registry, report, workloads
-from .candidates import FunctionalCandidate, OptimCandidate
-from .measure import bandwidth, step_peak_bytes, store_cost, time_interleaved, timed_first_step
+from .candidates import FunctionalCandidate, OptimCandidate, compare_params, functional_for, optim_for
+from .measure import (bandwidth, stats_ms, step_peak_bytes, store_cost, time_interleaved, timed_first_step,
+                      untimed_steps)
 
 
 #: (workload, target) pairs of the compile study; the transformer's per-tensor compile is in its block
@@ -82,40 +82,51 @@ def build_candidates(opt: registry.Available, work: workloads.Workload, device: 
     """Every implementation of ``opt`` this checkout and device offer, each with its own copy of the work
     (``only``: just the one with that label; otherwise all but the compiled ``optimizer.step`` ones).
 
-    ``work`` is the workload ``opt`` runs on (``spec.workload`` applied); its ``objective``, if any,
-    goes to every candidate. Optimizers that do not compile (``spec.compilable``) get no compiled ones.
+    ``work`` is the workload ``opt`` runs on (``spec.workload`` applied); its ``objective`` and
+    ``step_inputs``, if any, go to every candidate. Optimizers that do not compile
+    (``spec.compilable``) get no compiled ones. An optimizer beyond torch.optim gets its
+    reference package's class (``reference/<name>``; none when the package is missing) and its
+    compat class (``compat/default``) instead of torch's implementations; its compiled steps run
+    in child processes (:func:`compiled_steps_in_children`).
     """
-    spec, p, g, kw = opt.spec, work.params, work.grads, opt.spec.kwargs
+    spec = opt.spec
     compiled, compile_torch_step = compiled and spec.compilable, compile_torch_step and spec.compilable
 
-    def optim(family: str, cls: type, impl: str) -> OptimCandidate:
-        return OptimCandidate(family, cls, impl, p, g, kw, impl_flags=spec.foreach, objective=work.objective)
+    def optim(family: str, impl: str) -> OptimCandidate:
+        return optim_for(opt, work, family, impl)
 
     def functional(compiled: bool, inplace: bool = False) -> FunctionalCandidate:
-        return FunctionalCandidate(opt.functional, compiled, p, g, kw, inplace=inplace, objective=work.objective)
+        return functional_for(opt, work, compiled, inplace)
 
-    impls = ["for-loop"] + (["foreach"] if spec.foreach else []) + (["fused"] if spec.has_fused else [])
-    makers = [(f"torch/{i}", lambda i=i: optim("torch", spec.torch_cls, i)) for i in impls]
-    if opt.compat_cls is not None:
-        takes_fused = "fused" in inspect.signature(opt.compat_cls.__init__).parameters
-        compat_impls = [i for i in impls if i != "fused" or takes_fused]
-        if len(compat_impls) < len(impls):
-            notes.append(f"{spec.name}: compat has no fused implementation yet")
-        makers += [(f"compat/{i}", lambda i=i: optim("compat", opt.compat_cls, i)) for i in compat_impls]
+    if spec.beyond_torch:
+        makers = []
+        if opt.reference_cls is not None:
+            makers.append((f"reference/{spec.reference.name}", lambda: optim("reference", spec.reference.name)))
+        if opt.compat_cls is not None:
+            makers.append(("compat/default", lambda: optim("compat", "default")))
+    else:
+        impls = ["for-loop"] + (["foreach"] if spec.foreach else []) + (["fused"] if spec.has_fused else [])
+        makers = [(f"torch/{i}", lambda i=i: optim("torch", i)) for i in impls]
+        if opt.compat_cls is not None:
+            takes_fused = "fused" in inspect.signature(opt.compat_cls.__init__).parameters
+            compat_impls = [i for i in impls if i != "fused" or takes_fused]
+            if len(compat_impls) < len(impls):
+                notes.append(f"{spec.name}: compat has no fused implementation yet")
+            makers += [(f"compat/{i}", lambda i=i: optim("compat", i)) for i in compat_impls]
     if opt.functional is not None:
         makers.append(("functional/eager", lambda: functional(False)))
         if compiled:
             makers.append(("functional/compiled", lambda: functional(True)))
             makers.append(("functional/compiled-inplace", lambda: functional(True, inplace=True)))
-    if compile_torch_step:  # built and timed one at a time: see bench_block
-        makers.append(("torch/compiled-step", lambda: optim("torch", spec.torch_cls, "compiled-step")))
+    if compile_torch_step and not spec.beyond_torch:  # built and timed one at a time: see bench_block
+        makers.append(("torch/compiled-step", lambda: optim("torch", "compiled-step")))
         if opt.compat_cls is not None:
-            makers.append(("compat/compiled-step", lambda: optim("compat", opt.compat_cls, "compiled-step")))
+            makers.append(("compat/compiled-step", lambda: optim("compat", "compiled-step")))
     makers = [(label, make) for label, make in makers
               if (label == only if only else not label.endswith("/compiled-step"))]
     if adam_fused_ref and spec.name != "Adam":
         def adam_ref():
-            c = OptimCandidate("torch", torch.optim.Adam, "fused", p, g, {})
+            c = OptimCandidate("torch", torch.optim.Adam, "fused", work.params, work.grads, {})
             c.family, c.impl = "reference", "Adam-fused"
             return c
         makers.append(("reference/Adam-fused", adam_ref))
@@ -138,22 +149,58 @@ def build_candidates(opt: registry.Available, work: workloads.Workload, device: 
     return built
 
 
-def _compare(c, ref) -> dict:
-    """Parameters of ``c`` against ``ref`` after the same number of steps: bitwise equal, max |diff|."""
-    pairs = list(zip(c.params(), ref.params()))
-    equal = all(torch.equal(a, b) for a, b in pairs)
-    diff = 0.0 if equal else max(float((a.double() - b.double()).abs().max()) for a, b in pairs)
-    return {"bitwise": equal, "max_abs_diff": diff}
+def compiled_steps_in_children(opt: registry.Available, work: workloads.Workload, device: torch.device, args,
+                               notes: list) -> list:
+    """``torch.compile(X.step)`` of an optimizer beyond torch.optim, for its reference class and its
+    compat class, each in a child process (:func:`benchmarks.compile_study.run_child`) that is
+    killed after ``--compile-timeout`` s: a reference package's step may break its graph at every
+    tensor or never finish compiling, and that must be reported, not stop the suite.
+
+    Each child times the compiled step interleaved with the reference's eager step (compat's where
+    the reference package is missing) and returns one row; one that fails or times out returns a
+    row without times that says why (``failed``).
+    """
+    rows = []
+    for family in ("reference", "compat"):
+        if (opt.reference_cls if family == "reference" else opt.compat_cls) is None:
+            continue
+        label = f"{family}/compiled-step"
+        log(f"    compiling and timing {label} in a child (timeout {args.compile_timeout:.0f} s) ...")
+        t0 = time.perf_counter()
+        res = compile_study.run_child(f"{family}-step", opt.name, work.name, args.reps, str(device),
+                                      args.compile_timeout, warmup=args.warmup)
+        row = {"family": family, "impl": "compiled-step", "in_child": True}
+        if res.get("timed_out"):
+            got = res.get("progress")
+            row["failed"] = (f"timed out: not compiled and timed within {args.compile_timeout:.0f} s"
+                             + (f" (after {got['steps']} step(s) in {got['elapsed_s']:.0f} s: {got['graphs']} graph(s))"
+                                if got else " (not even its first call)"))
+            if got:
+                row["progress"] = got
+        elif res.get("error"):
+            row["failed"] = f"did not compile: {res['error'][:200]}"
+        else:
+            row.update({k: v for k, v in res.items() if k not in ("target", "optimizer", "workload")})
+        if row.get("failed"):
+            notes.append(f"{opt.name} {label} on {work.name}: {row['failed']}")
+            log(f"    {label}: {row['failed']}")
+        else:
+            log(f"    {label}: first call {row['first_call_s']:.1f} s, {row['graphs']} graph(s), "
+                f"{row['median_ms']:.3g} ms/step ({time.perf_counter() - t0:.0f} s in all)")
+        rows.append(row)
+    return rows
 
 
 def bench_block(opt, work, device, args, bw: float, notes: list) -> list:
     """Time every implementation of one optimizer on one workload; one row per implementation.
 
     An optimizer with a ``spec.workload`` runs on the workload derived from ``work`` (a note and
-    each row's ``derived`` say how).
+    each row's ``derived`` say how). For one beyond torch.optim every row carries
+    ``reference_label`` and is compared with its reference's row (``vs_reference_*``).
     """
-    if opt.spec.workload is not None:
-        work = opt.spec.workload(work)
+    spec = opt.spec
+    if spec.workload is not None:
+        work = spec.workload(work)
         notes.append(f"{opt.name} on {work.name}: {work.derived}")
     compiled = (not args.no_compile and work.name in args.compile_workloads
                 and (args.compile_optimizers is None or opt.name.lower() in args.compile_optimizers))
@@ -166,57 +213,52 @@ def bench_block(opt, work, device, args, bw: float, notes: list) -> list:
     )
     if not candidates:
         return []
-    for _ in range(args.warmup):
-        for c in candidates:
-            c.step()
+    untimed_steps(candidates, args.warmup)
     samples = time_interleaved(candidates, args.reps, device, progress=f"    timing {len(candidates)} implementations")
     # torch.compile(opt.step) of torch's and of compat's optimizer share code objects (torch's step
     # wrapper) and so Dynamo's cache and frame state: compiled in one process, each made the other
     # recompile at every step. Each is built from an empty cache and timed on its own, after the rest.
-    if compiled and opt.spec.compilable:
+    child_rows = []
+    if compiled and spec.compilable and spec.beyond_torch:
+        child_rows = compiled_steps_in_children(opt, work, device, args, notes)
+    elif compiled and spec.compilable:
         for label in ("torch/compiled-step", "compat/compiled-step"):
             torch._dynamo.reset()
             for c in build_candidates(opt, work, device, compiled, True, False, notes, only=label):
-                for _ in range(args.warmup):
-                    c.step()
+                untimed_steps([c], args.warmup)
                 samples.update(time_interleaved([c], args.reps, device, progress=f"    timing {label}"))
                 candidates.append(c)
     bw = max(bw, bandwidth(device, reps=5)["best"])  # re-measured next to this block's timings
     by_label = {c.label: c for c in candidates}
-    # torch's default implementation; its for-loop where it has no other (Muon, SparseAdam, LBFGS)
-    ref = by_label.get(f"torch/{compile_study.default_impl(device)}") or by_label.get("torch/for-loop")
-    touched = opt.spec.bytes_touched
+    if spec.beyond_torch:  # its reference package's class (absent when the package is not installed)
+        ref, ref_key = by_label.get(f"reference/{spec.reference.name}"), "vs_reference"
+    else:  # torch's default implementation; its for-loop where it has no other (Muon, SparseAdam, LBFGS)
+        ref = by_label.get(f"torch/{compile_study.default_impl(device)}") or by_label.get("torch/for-loop")
+        ref_key = "vs_torch_default"
+    touched = spec.bytes_touched
     floor_s = None if touched is None else sum(touched(p, g) for p, g in zip(work.params, work.grads)) / bw
+    common = {"workload": work.name, "optimizer": opt.name,
+              "floor_ms": None if floor_s is None else 1e3 * floor_s, "bandwidth_gbs": bw / 1e9}
+    if work.derived:
+        common["derived"] = work.derived
+    if spec.beyond_torch:
+        common["reference_label"] = spec.reference.name
     rows = []
     for c in candidates:
-        row = {
-            "workload": work.name,
-            "optimizer": opt.name,
-            "family": c.family,
-            "impl": c.impl,
-            "median_ms": 1e3 * statistics.median(samples[c.label]),
-            "min_ms": 1e3 * min(samples[c.label]),
-            "q1_ms": 1e3 * statistics.quantiles(samples[c.label], n=4)[0] if len(samples[c.label]) > 1 else None,
-            "q3_ms": 1e3 * statistics.quantiles(samples[c.label], n=4)[2] if len(samples[c.label]) > 1 else None,
-            "floor_ms": None if floor_s is None else 1e3 * floor_s,
-            "bandwidth_gbs": bw / 1e9,
-            "first_call_s": c.first_call_s,
-            "state_bytes": c.state_bytes(),
-        }
-        if work.derived:
-            row["derived"] = work.derived
+        row = {**common, "family": c.family, "impl": c.impl, **stats_ms(samples[c.label]),
+               "first_call_s": c.first_call_s, "state_bytes": c.state_bytes()}
         if c.compile_info is not None:
             row.update(c.compile_info.as_dict())
         if ref is not None and c is not ref and c.family != "reference":
-            row.update({f"vs_torch_default_{k}": v for k, v in _compare(c, ref).items()})
+            row.update({f"{ref_key}_{k}": v for k, v in compare_params(c, ref).items()})
         if c.family == "compat" and c.impl == "foreach" and "compat/for-loop" in by_label:
-            row["foreach_bitwise_vs_own_for_loop"] = _compare(c, by_label["compat/for-loop"])["bitwise"]
+            row["foreach_bitwise_vs_own_for_loop"] = compare_params(c, by_label["compat/for-loop"])["bitwise"]
         if c.family == "torch" and c.impl == "foreach" and "torch/for-loop" in by_label:
-            row["foreach_bitwise_vs_own_for_loop"] = _compare(c, by_label["torch/for-loop"])["bitwise"]
+            row["foreach_bitwise_vs_own_for_loop"] = compare_params(c, by_label["torch/for-loop"])["bitwise"]
         rows.append(row)
     for c, row in zip(candidates, rows):  # after the comparisons: this extra step changes the parameters
         row["step_peak_bytes"] = step_peak_bytes(c, device)
-    return rows
+    return rows + [{**common, **r} for r in child_rows]
 
 
 def parse_args(argv: Optional[list]) -> argparse.Namespace:
@@ -225,7 +267,13 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
                         help="5 reps, 1 warmup, compile only Adam, no compile study (a couple of minutes)")
     parser.add_argument("--reps", type=int, help="timed steps per implementation (default 20; --quick 5)")
     parser.add_argument("--warmup", type=int, help="untimed steps after the first (default 3; --quick 1)")
-    parser.add_argument("--optimizers", help="comma-separated subset, e.g. Adam,NAdam (default: all available)")
+    parser.add_argument("--optimizers", help="comma-separated subset, e.g. Adam,NAdam or Lion,Lamb (default: all "
+                                             "available in the group)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--beyond-torch", action="store_true",
+                       help="only the optimizers torch.optim does not have (Lion, Lamb, ..., against their reference "
+                            "packages); the report is <device>-beyond-torch.md unless --name says otherwise")
+    group.add_argument("--torch-optim", action="store_true", help="only the optimizers torch.optim has")
     parser.add_argument("--workloads", default="transformer,many-small",
                         help=f"comma-separated from {list(workloads.WORKLOADS)} (default transformer,many-small)")
     parser.add_argument("--large", action="store_true", help="add the 134M-parameter workload (CUDA only)")
@@ -237,12 +285,17 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
     parser.add_argument("--compile-optimizers", help="optimizers to compile (default all; --quick: Adam)")
     parser.add_argument("--no-compile-study", action="store_true",
                         help="skip the compile-time study on the many-small workload")
-    parser.add_argument("--compile-timeout", type=float, default=600,
-                        help="seconds before a compile-study child is killed and reported as timed out (default 600)")
     parser.add_argument("--warm-cache", action="store_true",
                         help="use Inductor's usual cache (default: a fresh one, so compile times are cold)")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    parser.add_argument("--compile-timeout", type=float, default=600,
+                        help="seconds before a compile-study child, or a child compiling the step of an optimizer "
+                             "beyond torch.optim, is killed and reported as timed out (default 600)")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
+                        help="directory of the report (default benchmarks/results)")
+    parser.add_argument("--name", help="file name of the report without extension (default: <device>, then "
+                                       "-beyond-torch with --beyond-torch, then -quick with --quick)")
     args = parser.parse_args(argv)
+    args.group = "beyond-torch" if args.beyond_torch else "torch" if args.torch_optim else "all"
     args.reps = args.reps or (5 if args.quick else 20)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
     if args.compile_optimizers is None and args.quick:
@@ -277,7 +330,7 @@ def main(argv: Optional[list] = None) -> None:
     info = machine_info(device)
     log(f"benchmarks: torch {info['torch']} on {info.get('gpu', info['cpu'])} ({device}), "
         f"{info['torch_threads']} threads; reps={args.reps} warmup={args.warmup}")
-    optimizers, found_notes = registry.discover(args.optimizers.split(",") if args.optimizers else None)
+    optimizers, found_notes = registry.discover(args.optimizers.split(",") if args.optimizers else None, args.group)
     notes += found_notes
     for n in found_notes:
         log(f"  note: {n}")

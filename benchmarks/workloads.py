@@ -10,8 +10,9 @@
 
 Optimizers that cannot take a workload as it is run on a workload derived from it (the
 :attr:`~benchmarks.registry.OptimizerSpec.workload` of their spec): :func:`matrices` (Muon: the
-2-D parameters only), :func:`sparse_rows` (SparseAdam: embedding-style sparse gradients) and
-:func:`with_objective` (L-BFGS: a loss to evaluate, :class:`Quadratic`).
+2-D parameters only), :func:`sparse_rows` (SparseAdam: embedding-style sparse gradients),
+:func:`with_objective` (L-BFGS: a loss to evaluate, :class:`Quadratic`) and :func:`with_hessian`
+(SophiaH: a Hessian-diagonal estimate given to every step).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-__all__ = ["Workload", "WORKLOADS", "make", "describe", "matrices", "sparse_rows", "Quadratic", "with_objective"]
+__all__ = ["Workload", "WORKLOADS", "make", "describe", "matrices", "sparse_rows", "Quadratic", "with_objective",
+           "with_hessian"]
 
 
 def _blocks(n_blocks: int, width: int) -> list[tuple[int, ...]]:
@@ -48,6 +50,9 @@ class Workload:
     grads: list
     derived: str = ""  # how this was derived from workload ``name`` ("" for the workload itself)
     objective: Optional[Callable] = None  # params -> (loss, grads), for optimizers whose step evaluates the loss
+    # extra per-parameter inputs of every step, by keyword (``{"hessian": [tensor per param]}``): passed
+    # to ``optimizer.step(**step_inputs)`` and to the functional ``update(..., **step_inputs)``
+    step_inputs: dict = dataclasses.field(default_factory=dict)
 
     @property
     def numel(self) -> int:
@@ -134,3 +139,18 @@ def with_objective(work: Workload) -> Workload:
     """``work`` with a :class:`Quadratic` objective (what L-BFGS's ``step(closure)`` evaluates)."""
     return dataclasses.replace(work, objective=Quadratic(work.params),
                                derived="step(closure) on a separable quadratic objective")
+
+
+def with_hessian(work: Workload, seed: int = 3) -> Workload:
+    """``work`` with a fixed Hessian-diagonal estimate per parameter (what SophiaH's
+    ``step(hessian=...)`` takes instead of computing a Hutchinson estimate through autograd).
+
+    The estimate is ``(0.1 z)^2`` for standard-normal ``z``: positive, of the gradients' order.
+    Given to every step, it refreshes the Hessian moment at every step (the reference's
+    ``update_period`` steps only apply when it estimates the Hessian itself), the most work a step does.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    hessian = [torch.randn(p.shape, generator=gen, dtype=p.dtype).mul_(0.1).square_().to(p.device)
+               for p in work.params]
+    return dataclasses.replace(work, step_inputs={"hessian": hessian},
+                               derived="a fixed Hessian-diagonal estimate given to every step")
