@@ -23,6 +23,7 @@ from .lars import Lars
 from .lion import Lion
 from .prodigy import Prodigy
 from .schedule_free import AdamWScheduleFree, SGDScheduleFree
+from .soap import SOAP
 from .sophia import SophiaH
 from .nadam import NAdam
 from .radam import RAdam
@@ -32,4 +33,4 @@ from .sgd import SGD
 from .optimizer import FunctionalOptimizer
 from .transformation import TransformationOptimizer
 
-__all__ = ["AdaBelief", "ADOPT", "AdEMAMix", "Adan", "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "NAdam", "RAdam", "Adamax", "ASGD", "Rprop", "RMSprop", "SGD", "Muon", "MuonWithAdamW", "SparseAdam", "LBFGS", "Lamb", "Lars", "Lion", "Prodigy", "AdamWScheduleFree", "SGDScheduleFree", "SophiaH", "FunctionalOptimizer", "TransformationOptimizer"]
+__all__ = ["AdaBelief", "ADOPT", "AdEMAMix", "Adan", "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "NAdam", "RAdam", "Adamax", "ASGD", "Rprop", "RMSprop", "SGD", "Muon", "MuonWithAdamW", "SparseAdam", "LBFGS", "Lamb", "Lars", "Lion", "Prodigy", "SOAP", "AdamWScheduleFree", "SGDScheduleFree", "SophiaH", "FunctionalOptimizer", "TransformationOptimizer"]

@@ -34,6 +34,7 @@ from .sparse_adam import SparseAdamHParams, SparseAdamState, SparseAdamStatic, s
 from .lbfgs import LBFGSHParams, LBFGSState, LBFGSStatic, lbfgs
 from .lion import ScaleByLionHParams, ScaleByLionState, lion, scale_by_lion
 from .prodigy import ProdigyHParams, ProdigyState, ProdigyStatic, prodigy
+from .soap import ScaleBySoapHParams, ScaleBySoapState, scale_by_soap, soap
 from .sophia import (
     ScaleBySophiaHParams,
     ScaleBySophiaState,
@@ -172,6 +173,10 @@ __all__ = [
     "ScaleByAdanState",
     "ProximalWeightDecayHParams",
     "ClipByGlobalNormAdanHParams",
+    "soap",
+    "scale_by_soap",
+    "ScaleBySoapHParams",
+    "ScaleBySoapState",
     "GradientTransformation",
     "apply_updates",
     "adam",
