@@ -163,7 +163,7 @@ class Adagrad(FunctionalOptimizer):
         """Foreach, except that a device/dtype group holding a sparse grad runs one tensor at a time."""
         if group["differentiable"]:
             raise AssertionError("_foreach ops don't support autograd")
-        hparams, static, host_scalars = self._hparams(group), self._static(group), self._host_scalars(group)
+        hparams, static, host_scalars = self._step_hparams(group), self._static(group), self._host_scalars(group)
         for g_params, g_grads, g_state in _by_device_and_dtype(params, grads, state):
             if any(g.is_sparse for g in g_grads):
                 self._loop_group(g_params, g_grads, g_state, hparams, static, host_scalars)

@@ -103,7 +103,7 @@ class Muon(FunctionalOptimizer):
         ops = LoopOps(host_scalars=not torch.compiler.is_compiling())
         for group in self.param_groups:
             params, grads, state = self._gather(group)
-            hparams, static = self._hparams(group), self._static(group)
+            hparams, static = self._step_hparams(group), self._static(group)
             for i, (p, g) in enumerate(zip(params, grads)):  # one at a time, as torch's loop
                 run_kernel(self.definition, ops, [p], [g], {k: [v[i]] for k, v in state.items()}, hparams, static)
         return loss

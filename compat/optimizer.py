@@ -47,6 +47,19 @@ TORCH_VERSION = tuple(int(x) for x in torch.__version__.split(".")[:2])
 _LOOP_EQUAL_FOREACH_DTYPES = (torch.float32, torch.float64)
 
 
+def traceable_float(value: float) -> Tensor:
+    """A Python-float ``lr`` as a 0-d float64 tensor, for a step being compiled.
+
+    Dynamo traces a float that changed between calls (a scheduler's ``lr``) as a symbolic float,
+    and Inductor specializes one that reaches a kernel as a scalar argument (``alpha=``,
+    ``value=``, ``clamp``'s bound, a foreach scalar): ``torch.compile(opt.step)`` then recompiled
+    at every new ``lr`` (measured: SGD, RMSprop, Adadelta, Adafactor and foreach Adam, one graph
+    per step; torch's own compiled SGD, RMSprop and Adadelta do the same). ``ones * lr`` is exact and
+    stays symbolic, and the kernels take a tensor ``lr`` as torch's capturable code does, so the
+    compiled step has one graph for every ``lr``. Eager steps are unchanged."""
+    return torch.ones((), dtype=torch.float64) * value
+
+
 class FunctionalOptimizer(Optimizer):
     """``torch.optim.Optimizer`` whose ``step`` runs a functional optimizer's kernel in place."""
 
@@ -72,6 +85,14 @@ class FunctionalOptimizer(Optimizer):
             v = group[f]
             values[f] = tuple(squeeze_scalar(x) for x in v) if isinstance(v, tuple) else squeeze_scalar(v)
         return self.definition.hparams_type(**values)
+
+    def _step_hparams(self, group: dict) -> Any:
+        """:meth:`_hparams` for a step: under torch.compile a float ``lr`` as a tensor (see
+        :func:`traceable_float`)."""
+        hparams = self._hparams(group)
+        if torch.compiler.is_compiling() and isinstance(getattr(hparams, "lr", None), float):
+            hparams = hparams._replace(lr=traceable_float(hparams.lr))
+        return hparams
 
     def _static(self, group: dict) -> Any:
         return self.definition.static_type(**{f: group[f] for f in self.definition.static_type._fields})
@@ -196,7 +217,7 @@ class FunctionalOptimizer(Optimizer):
         return not (group.get("capturable") or group.get("differentiable"))
 
     def _step_group(self, group: dict, params: list, grads: list, state: dict) -> None:
-        hparams, static = self._hparams(group), self._static(group)
+        hparams, static = self._step_hparams(group), self._static(group)
         # under torch.compile scalars stay tensors (no .item() graph breaks), as torch.optim does
         host_scalars = self._host_scalars(group) and not torch.compiler.is_compiling()
         if group.get("fused"):

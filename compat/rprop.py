@@ -61,6 +61,11 @@ class Rprop(FunctionalOptimizer):
         state["step_size"] = initial_step_size(p.grad, group["lr"])
         return state
 
+    def _step_hparams(self, group: dict):
+        """As they are: ``lr`` only sets the initial step sizes, the step never reads it (a tensor
+        made from it would be a dead input that Inductor specializes, recompiling at every lr)."""
+        return self._hparams(group)
+
     def _use_foreach(self, group: dict, params: list) -> bool:
         return default_foreach(group, params)
 

@@ -168,7 +168,7 @@ class SGD(FunctionalOptimizer):
 
     def _sgd_group(self, group: dict, params: list, grads: list, bufs: list) -> list:
         """One group's step by torch's choice of implementation; returns the momentum buffers."""
-        hparams, static = self._hparams(group), self._static(group)
+        hparams, static = self._step_hparams(group), self._static(group)
         has_sparse_grad = any(g.is_sparse for g in grads)
         if group["fused"]:
             if has_sparse_grad:
