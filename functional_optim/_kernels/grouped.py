@@ -133,14 +133,18 @@ def add_lists(params: list, updates: list, add) -> list:
         if end == len(updates) or not _continues(updates[end - 1], updates[end], params[end - 1], params[end]):
             runs.append((start, end))
             start = end
-    out: list = []
+    out: list = [None] * len(params)
+    singles: list = []  # indices added one tensor each: all in one call of ``add``
     for start, end in runs:
         olds, deltas = params[start:end], updates[start:end]
         flat_delta = flat_view(deltas) if end - start >= MIN_GROUP else None
         if flat_delta is None:
-            out.extend(add(olds, deltas))
+            singles.extend(range(start, end))
         else:
-            out.extend(_unflat(add([_flat(olds)], [flat_delta])[0], olds))
+            out[start:end] = _unflat(add([_flat(olds)], [flat_delta])[0], olds)
+    if singles:
+        for i, new in zip(singles, add([params[i] for i in singles], [updates[i] for i in singles])):
+            out[i] = new
     return out
 
 
