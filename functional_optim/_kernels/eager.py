@@ -211,10 +211,13 @@ class ForeachPureOps(PureOps):
         if dtype is None or dtype in _REDUCED or isinstance(weight, (list, tuple)) and weight \
                 and not isinstance(weight[0], Tensor):
             return _Fresh(super().lerp_(xs, ends, _unbound(weight)))
-        weights = weight if isinstance(weight, (list, tuple)) else _unbound(weight)
-        if not isinstance(weights, list):
-            weights = [weights] * len(xs)
-        return self._foreach("lerp", xs, ends, [w.to(dtype) for w in weights])
+        if isinstance(weight, Tensor) and weight.dim() == 1:
+            weights = list(weight.to(dtype).unbind())  # a per-parameter vector: one cast
+        elif isinstance(weight, (list, tuple)):
+            weights = _cast_all(list(weight), dtype)
+        else:
+            weights = [weight.to(dtype)] * len(xs)
+        return self._foreach("lerp", xs, ends, weights)
 
     def addcmul_(self, xs, t1s, t2s, value: ScalarArg = 1):
         value = self._scalars(value, xs)
@@ -314,6 +317,16 @@ def _as_vector(x: Any) -> Tensor | None:
 def _is_vector(x: Any) -> bool:
     """A 1-D tensor: per-parameter scalars held as one vector (hyperparameters are 0-d)."""
     return isinstance(x, Tensor) and x.dim() == 1
+
+
+def _cast_all(scalars: list, dtype: torch.dtype) -> list:
+    """0-d tensors in ``dtype``: many on one device cast as one stacked vector (one op, not one
+    ``.to`` per parameter: Adafactor's per-parameter lerp weights on 1000 tensors)."""
+    if all(s.dtype == dtype for s in scalars):
+        return scalars
+    if len(scalars) > 1 and _one_device(scalars):
+        return list(torch.stack(scalars).to(dtype).unbind())
+    return [s.to(dtype) for s in scalars]
 
 
 def _unbound(scalar: Any) -> Any:
