@@ -28,6 +28,19 @@ in ``state[first param of the group]`` under its full path. The state of a group
 for all its parameters at its first step. ``load_state_dict`` checks keys and shapes before
 changing anything and restores every leaf's own dtype and device (torch would cast floating
 state to the parameter's dtype).
+
+``stochastic_rounding_seed=<int>`` adds each update to a **bfloat16** parameter with stochastic
+rounding (:func:`functional_optim.stochastic_round` of ``float32(p) + float32(u)``, unbiased), as
+torchao's ``bf16_stochastic_round`` and heavyball do, so that a pure-bfloat16 model keeps learning
+where its updates are below half an ulp; other dtypes are added as before. The key of group ``i``'s
+``n``-th step is ``fold_in(fold_in(seed, i), n)``, with ``n`` kept in the group as
+``"stochastic_rounding_step"`` (so ``state_dict`` carries it and a resumed run draws the same bits);
+within a step, parameter ``j`` of the group uses ``fold_in(key, j)`` as
+:func:`functional_optim.apply_updates` does. It needs a transformation that returns the update
+itself, such as a chain of building blocks (``fo.chain(fo.scale_by_adam(), fo.add_decayed_weights(wd),
+fo.scale_by_learning_rate(lr))`` is AdamW): the torch-exact aliases (``fo.adam``, ``fo.sgd`` ...)
+compute the new parameter in its own dtype as torch does and return the difference, so on bfloat16
+parameters their sub-ulp updates are already rounded away.
 """
 
 from __future__ import annotations
@@ -40,13 +53,18 @@ from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT
 
 from functional_optim import _validate
-from functional_optim.base import GradientTransformation
+from functional_optim.base import GradientTransformation, apply_updates
 from functional_optim.inject import named_hparams, replace_hparams
+from functional_optim.rounding import fold_in
 from functional_optim.tree import flatten
 
 from .optimizer import check_grad_shapes
 
 __all__ = ["TransformationOptimizer"]
+
+
+#: the param-group entry counting a group's stochastically rounded steps
+STOCHASTIC_ROUNDING_STEP = "stochastic_rounding_step"
 
 
 class _Slot(NamedTuple):
@@ -100,6 +118,9 @@ class TransformationOptimizer(Optimizer):
         params: parameters or param groups, as for any torch optimizer.
         transformation: any transformation of this library (an optimizer, a ``chain``,
             ``partition``, ``MultiSteps(...).gradient_transformation()``, ...).
+        stochastic_rounding_seed: ``None`` (default): updates are added to the parameters with
+            round to nearest; an ``int``: bfloat16 parameters are updated with stochastic rounding
+            drawn from this seed (see the module docstring).
         **hyperparams: group defaults that override or add to the transformation's own.
 
     ``step(closure=None)`` runs ``transformation.update`` per group on the parameters' ``.grad``
@@ -109,15 +130,25 @@ class TransformationOptimizer(Optimizer):
     when they change, which does not matter here (``step`` runs eagerly).
     """
 
-    def __init__(self, params: ParamsT, transformation: GradientTransformation, **hyperparams: Any) -> None:
+    #: ``None``: round to nearest; see ``__init__`` (a class default for subclasses that set up
+    #: the instance themselves)
+    stochastic_rounding_seed: Optional[int] = None
+
+    def __init__(self, params: ParamsT, transformation: GradientTransformation, *,
+                 stochastic_rounding_seed: Optional[int] = None, **hyperparams: Any) -> None:
         if not isinstance(transformation, GradientTransformation):
             raise TypeError(f"transformation must be a GradientTransformation, got {type(transformation).__name__}")
+        if stochastic_rounding_seed is not None and (
+                isinstance(stochastic_rounding_seed, bool) or not isinstance(stochastic_rounding_seed, int)):
+            raise TypeError(f"stochastic_rounding_seed must be an int or None, got "
+                            f"{type(stochastic_rounding_seed).__name__}")
         defaults = named_hparams(transformation.hparams)
         defaults.update(hyperparams)
         replace_hparams(transformation.hparams, defaults)  # unknown names raise here
         if "lr" in defaults:
             _validate.check_lr(defaults["lr"])
         self.transformation = transformation
+        self.stochastic_rounding_seed = stochastic_rounding_seed
         self._hparam_names = tuple(defaults)
         self._layouts: dict[int, _Layout] = {}
         super().__init__(params, defaults)
@@ -171,11 +202,28 @@ class TransformationOptimizer(Optimizer):
                 layout = self._group_layout(index, params)
                 state = self._read(params, layout)
             updates, state = self.transformation.update(grads, state, params, self._hparams(group))
-            for p, u in zip(params, flatten(updates)[0]):
+            updates = flatten(updates)[0]
+            if self.stochastic_rounding_seed is not None:
+                updates = self._add_stochastically(index, group, params, updates)
+            for p, u in zip(params, updates):
                 if u is not None:
                     p.add_(u.to(p.dtype))
             self._write(params, layout, state)
         return loss
+
+    def _add_stochastically(self, index: int, group: dict, params: list, updates: list) -> list:
+        """Write ``p + u`` stochastically rounded into each bfloat16 parameter (this group's next key);
+        returns the updates left to add as usual (``None`` where done)."""
+        to_round = [u if u is not None and p.dtype == torch.bfloat16 else None for p, u in zip(params, updates)]
+        if all(u is None for u in to_round):
+            return updates
+        step = group.get(STOCHASTIC_ROUNDING_STEP, 0)
+        key = fold_in(fold_in(self.stochastic_rounding_seed, index), step)
+        for p, new, u in zip(params, apply_updates(params, to_round, stochastic_rounding_key=key), to_round):
+            if u is not None:
+                p.copy_(new)
+        group[STOCHASTIC_ROUNDING_STEP] = step + 1
+        return [None if r is not None else u for u, r in zip(updates, to_round)]
 
     # ------------------------------------------------------------------ checkpoints
     def load_state_dict(self, state_dict: dict) -> None:

@@ -59,6 +59,7 @@ from .schedule_free import (
 from . import schedules
 from .accumulate import MultiSteps, MultiStepsState
 from .base import GradientTransformation, apply_updates
+from .rounding import fold_in, stochastic_round
 from .combine import (
     MaskedNode,
     MaskedState,
@@ -179,6 +180,8 @@ __all__ = [
     "ScaleBySoapState",
     "GradientTransformation",
     "apply_updates",
+    "stochastic_round",
+    "fold_in",
     "adam",
     "adamw",
     "AdamHParams",

@@ -11,10 +11,13 @@ A :class:`GradientTransformation` is a pair of pure functions, as in optax:
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
+
+import torch
 
 from ._kernels.eager import FOREACH_PURE, eager_ops_for
-from ._kernels.grouped import add_lists
+from ._kernels.grouped import MIN_GROUP, add_lists
+from .rounding import Key, add_stochastic_flat, check_key, fold_in, stochastic_round
 from .tree import flatten_like, flatten_plain, unflatten
 
 Params = Any
@@ -39,14 +42,30 @@ class GradientTransformation(NamedTuple):
     hparams: Any = None
 
 
-def apply_updates(params: Params, updates: Updates) -> Params:
+def apply_updates(params: Params, updates: Updates, *, stochastic_rounding_key: Optional[Key] = None) -> Params:
     """Return ``params + updates`` leaf by leaf; ``None`` updates keep the parameter unchanged.
 
     The result keeps each parameter's dtype (an update computed in a wider dtype is cast back).
+
+    ``stochastic_rounding_key`` (a 0-d integer tensor or an int; default ``None``: round to
+    nearest, as above): each **bfloat16** parameter becomes ``stochastic_round(float32(p) +
+    float32(u))`` (:func:`functional_optim.stochastic_round`, unbiased), so updates smaller than
+    half a bfloat16 ulp still move it in expectation; leaf ``i`` (its position among the flattened
+    params) draws its bits from ``fold_in(key, i)``. Other dtypes are added as without a key.
+    Give a new key every step, e.g. ``fo.fold_in(seed, step)``: the same key rounds the same way.
+    It helps only where ``updates`` are the unrounded steps, as the building blocks return them
+    (``fo.chain(fo.scale_by_adam(), ..., fo.scale_by_learning_rate(lr))``): the torch-exact aliases
+    (``fo.adam``, ``fo.sgd`` ...) compute the new parameter in its dtype as torch does and return
+    the difference, which on bfloat16 params has already lost what is below half an ulp.
     """
     p_leaves, spec = flatten_plain(params)
     u_leaves = flatten_like(spec, params, updates, "params", "updates")
-    active = [i for i, u in enumerate(u_leaves) if u is not None]
+    rounded = []  # the bfloat16 leaves rounded stochastically
+    if stochastic_rounding_key is not None:
+        check_key(stochastic_rounding_key)
+        rounded = [i for i, (p, u) in enumerate(zip(p_leaves, u_leaves)) if u is not None and p.dtype == torch.bfloat16]
+    skipped = set(rounded)
+    active = [i for i, u in enumerate(u_leaves) if u is not None and i not in skipped]
     olds, deltas = [p_leaves[i] for i in active], [u_leaves[i] for i in active]
     out = list(p_leaves)
     ops = eager_ops_for(olds, deltas)
@@ -54,4 +73,20 @@ def apply_updates(params: Params, updates: Updates) -> Params:
             else ops.add(olds, deltas))
     for i, new in zip(active, sums):
         out[i] = new if new.dtype == p_leaves[i].dtype else new.to(p_leaves[i].dtype)
+    if rounded:
+        _add_stochastically(p_leaves, u_leaves, stochastic_rounding_key, rounded, out)
     return unflatten(spec, out)
+
+
+def _add_stochastically(p_leaves: list, u_leaves: list, key: Key, indices: list, out: list) -> None:
+    """``out[i] = stochastic_round(float32(p_i) + float32(u_i), bfloat16, fold_in(key, i))`` for each
+    ``i`` in ``indices``; eagerly, many contiguous parameters on one device with updates of one
+    dtype are done as one flat buffer (the same bits: :func:`~functional_optim.rounding.add_stochastic_flat`)."""
+    olds, deltas = [p_leaves[i] for i in indices], [u_leaves[i] for i in indices]
+    if (len(indices) >= MIN_GROUP and eager_ops_for(olds, deltas) is FOREACH_PURE
+            and all(p.is_contiguous() for p in olds) and len({u.dtype for u in deltas}) == 1):
+        for i, new in zip(indices, add_stochastic_flat(olds, deltas, key, indices)):
+            out[i] = new
+        return
+    for i, p, u in zip(indices, olds, deltas):
+        out[i] = stochastic_round(p.to(torch.float32) + u.to(torch.float32), torch.bfloat16, fold_in(key, i))

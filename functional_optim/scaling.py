@@ -21,6 +21,17 @@ Conventions, the same as :mod:`functional_optim.transforms`:
 * ``update`` is pure (nothing is mutated) and reads nothing back to the host, so it runs under
   ``torch.compile(fullgraph=True)``, ``torch.func.vmap`` and autograd.
 
+Moment dtypes (optax's ``mu_dtype``): ``scale_by_adam(mu_dtype=, nu_dtype=)``,
+``scale_by_rms(nu_dtype=)``, ``scale_by_stddev(mu_dtype=, nu_dtype=)`` and
+``ema(accumulator_dtype=)`` keep that moment in the given floating dtype (``None``, the default:
+the parameter's dtype, the code path as it always was). A step reads the stored moments back in
+the wider of their dtype and the gradient's (``torch.promote_types``: float32 math for float32
+gradients and ``bfloat16`` moments), computes the new moments and the update there from those
+unrounded values, and stores the new moments rounded to nearest in their dtype; so the update
+comes out in that wider dtype. ``init`` and ``update`` refuse complex leaves when a moment dtype
+is set (a real dtype cannot hold them), and the state check accepts exactly that dtype, naming
+the field and path otherwise.
+
 One deliberate difference from optax: the moment estimators (``scale_by_adam``, ``scale_by_rms``,
 ``scale_by_stddev``, ``ema``) keep a step count *per leaf*, which does not advance for a leaf whose
 gradient is ``None`` (torch's per-parameter ``step``). optax keeps one count for the whole tree;
@@ -40,8 +51,9 @@ from . import _validate
 from ._kernels.muon import NS_COEFFICIENTS, NS_EPS, NS_STEPS, check_newton_schulz_args, newton_schulz
 from .base import GradientTransformation
 from .combine import map_updates
+from .rounding import _mix32
 from .transforms import EmptyState, _first_device, _like, _stateless
-from .tree import check_counters, check_state_like, check_state_type, flatten, unflatten
+from .tree import check_counters, check_state_like, check_state_type, flatten, lazy_paths, unflatten
 
 Number = Union[float, Tensor]
 
@@ -91,6 +103,48 @@ def _bias_correction(decay: Any, count: Tensor, like: Tensor) -> Tensor:
     return bc.to(like.real.dtype if like.is_complex() else like.dtype)
 
 
+def _check_moment_dtype(name: str, field: str, dtype: Any) -> Optional[torch.dtype]:
+    """``None`` or a real floating ``torch.dtype`` (a moment's storage dtype), else ``TypeError``."""
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"{name}: {field} must be a real floating torch.dtype or None, got {dtype!r}")
+    return dtype
+
+
+def _refuse_complex(tree: Any, what: str) -> None:
+    """``ValueError`` naming the first complex leaf: a moment kept in a real dtype cannot hold it."""
+    paths = lazy_paths(tree)
+    for i, leaf in enumerate(flatten(tree)[0]):
+        if isinstance(leaf, Tensor) and leaf.is_complex():
+            raise ValueError(f"{what} is a real dtype; the complex leaf at {paths()[i]} needs it to be None")
+
+
+def _moment(params: Any, dtype: Optional[torch.dtype], what: str, fill: Optional[float] = None) -> Any:
+    """A moment per leaf, zeros or every element ``fill``, in ``dtype`` (``None``: the leaf's own)."""
+    if dtype is not None:
+        _refuse_complex(params, what)
+    if fill is None:
+        return map_updates(lambda p: torch.zeros_like(p, dtype=dtype), params)
+    return map_updates(lambda p: torch.full_like(p, fill, dtype=dtype), params)
+
+
+def _check_moments(name: str, updates: Any, state: Any, dtypes: dict) -> None:
+    """``check_state_like`` of each moment ``state.<field>`` against the updates, in the dtype that
+    ``dtypes`` (``{field: (argument name, dtype)}``) gives it; complex updates are refused where a
+    dtype is set."""
+    for field, (arg, dtype) in dtypes.items():
+        if dtype is not None:
+            _refuse_complex(updates, f"{name}: {arg}")
+        check_state_like(updates, getattr(state, field), f"{name}: state.{field}", dtype=dtype)
+
+
+def _work_dtype(g: Tensor, *moments: Tensor) -> torch.dtype:
+    """The dtype a step computes in: the widest of the gradient's and the stored moments'."""
+    dtype = g.dtype
+    for m in moments:
+        dtype = torch.promote_types(dtype, m.dtype)
+    return dtype
+
+
 def _sq(x: Tensor) -> Tensor:
     """``|x|^2`` (the real square of a complex element)."""
     return (x * x.conj()).real if x.is_complex() else x * x
@@ -134,7 +188,8 @@ class ScaleByAdamState(NamedTuple):
 
 
 def scale_by_adam(b1: Number = 0.9, b2: Number = 0.999, eps: Number = 1e-8, eps_root: Number = 0.0, *,
-                  nesterov: bool = False, bias_correction: bool = True) -> GradientTransformation:
+                  nesterov: bool = False, bias_correction: bool = True, mu_dtype: Optional[torch.dtype] = None,
+                  nu_dtype: Optional[torch.dtype] = None) -> GradientTransformation:
     """Rescale updates by Adam's moment estimates (Kingma & Ba, 2014, https://arxiv.org/abs/1412.6980).
 
     With ``t`` the leaf's step count (after this step)::
@@ -152,27 +207,36 @@ def scale_by_adam(b1: Number = 0.9, b2: Number = 0.999, eps: Number = 1e-8, eps_
     betas=(b1, b2), eps=eps)`` (to rounding; torch divides ``sqrt(nu)`` by ``sqrt(1 - b2^t)``
     rather than taking the root of ``nu^``), ``None`` gradients included.
 
+    ``mu_dtype`` / ``nu_dtype`` (e.g. ``torch.bfloat16``; ``None``: the parameter's dtype) store
+    the moments in that dtype, as optax's ``mu_dtype`` (optax has none for ``nu``): the step runs
+    in the wider of the gradient's and the moments' dtypes and rounds the new moments to nearest
+    when it stores them (see the module docstring).
+
     Example::
 
         tx = fo.chain(fo.scale_by_adam(), fo.scale_by_learning_rate(1e-3))
         updates, state = tx.update(grads, tx.init(params), params)
+        half_state = fo.scale_by_adam(mu_dtype=torch.bfloat16, nu_dtype=torch.bfloat16)  # 4 bytes/param
     """
     defaults = _validate.scalar_hparams(ScaleByAdamHParams(b1, b2, eps, eps_root), "scale_by_adam")
     _validate.check_betas((b1, b2))
     _validate.check_eps(eps)
+    mu_dtype = _check_moment_dtype("scale_by_adam", "mu_dtype", mu_dtype)
+    nu_dtype = _check_moment_dtype("scale_by_adam", "nu_dtype", nu_dtype)
 
     def init(params):
-        return ScaleByAdamState(_counts(params), map_updates(torch.zeros_like, params),
-                                map_updates(torch.zeros_like, params))
+        return ScaleByAdamState(_counts(params), _moment(params, mu_dtype, "scale_by_adam: mu_dtype"),
+                                _moment(params, nu_dtype, "scale_by_adam: nu_dtype"))
 
     def update(updates, state, params=None, hparams=None):
         hp = _hp("scale_by_adam", defaults, hparams)
         check_state_type(state, ScaleByAdamState, "scale_by_adam")
         check_state_like(updates, state.count, "scale_by_adam: state.count", scalar=True)
-        check_state_like(updates, state.mu, "scale_by_adam: state.mu")
-        check_state_like(updates, state.nu, "scale_by_adam: state.nu")
+        _check_moments("scale_by_adam", updates, state, {"mu": ("mu_dtype", mu_dtype), "nu": ("nu_dtype", nu_dtype)})
 
-        def leaf(g, count, mu, nu):
+        def leaf(g, count, mu_stored, nu_stored):
+            work = _work_dtype(g, mu_stored, nu_stored)
+            g, mu, nu = g.to(work), mu_stored.to(work), nu_stored.to(work)
             c1, c2 = _like(hp.b1, g), _like(hp.b2, g)
             mu = mu * c1 + g * (1 - c1)
             nu = nu * c2 + _sq(g).to(nu.dtype) * (1 - c2)
@@ -188,7 +252,7 @@ def scale_by_adam(b1: Number = 0.9, b2: Number = 0.999, eps: Number = 1e-8, eps_
                 mu_hat = c1 * mu + (1 - c1) * g if nesterov else mu
                 nu_hat = nu
             out = mu_hat / (torch.sqrt(nu_hat + _like(hp.eps_root, g)) + _like(hp.eps, g))
-            return out, count, mu, nu
+            return out, count, mu.to(mu_stored.dtype), nu.to(nu_stored.dtype)
 
         out, count, mu, nu = _leafwise(leaf, updates, state.count, state.mu, state.nu)
         return out, ScaleByAdamState(count, mu, nu)
@@ -215,7 +279,7 @@ def _root(nu: Tensor, eps: Any, eps_in_sqrt: bool) -> Tensor:
 
 
 def scale_by_rms(decay: Number = 0.9, eps: Number = 1e-8, initial_scale: float = 0.0, *, eps_in_sqrt: bool = True,
-                 bias_correction: bool = False) -> GradientTransformation:
+                 bias_correction: bool = False, nu_dtype: Optional[torch.dtype] = None) -> GradientTransformation:
     """Rescale updates by the root of an EMA of squared gradients (RMSProp: Hinton, 2012, lecture 6.5)::
 
         nu <- decay nu + (1 - decay) |g|^2      (nu starts at initial_scale)
@@ -224,27 +288,31 @@ def scale_by_rms(decay: Number = 0.9, eps: Number = 1e-8, initial_scale: float =
 
     optax's defaults (``eps`` inside the root). ``chain(scale_by_rms(alpha, eps, eps_in_sqrt=False),
     scale_by_learning_rate(lr))`` is ``torch.optim.RMSprop(lr=lr, alpha=alpha, eps=eps)``.
+    ``nu_dtype`` stores ``nu`` in that dtype (``None``: the parameter's; see the module docstring).
 
     Example: ``fo.chain(fo.scale_by_rms(0.99), fo.scale_by_learning_rate(1e-2))``.
     """
     defaults = _validate.scalar_hparams(ScaleByRmsHParams(decay, eps), "scale_by_rms")
     initial_scale = float(initial_scale)
+    nu_dtype = _check_moment_dtype("scale_by_rms", "nu_dtype", nu_dtype)
 
     def init(params):
-        return ScaleByRmsState(_counts(params), map_updates(lambda p: torch.full_like(p, initial_scale), params))
+        return ScaleByRmsState(_counts(params), _moment(params, nu_dtype, "scale_by_rms: nu_dtype", initial_scale))
 
     def update(updates, state, params=None, hparams=None):
         hp = _hp("scale_by_rms", defaults, hparams)
         check_state_type(state, ScaleByRmsState, "scale_by_rms")
         check_state_like(updates, state.count, "scale_by_rms: state.count", scalar=True)
-        check_state_like(updates, state.nu, "scale_by_rms: state.nu")
+        _check_moments("scale_by_rms", updates, state, {"nu": ("nu_dtype", nu_dtype)})
 
-        def leaf(g, count, nu):
+        def leaf(g, count, nu_stored):
+            work = _work_dtype(g, nu_stored)
+            g, nu = g.to(work), nu_stored.to(work)
             d = _like(hp.decay, g)
             nu = nu * d + _sq(g).to(nu.dtype) * (1 - d)
             count = count + 1
             nu_hat = nu / _bias_correction(hp.decay, count, g) if bias_correction else nu
-            return g * _root(nu_hat, _like(hp.eps, g), eps_in_sqrt), count, nu
+            return g * _root(nu_hat, _like(hp.eps, g), eps_in_sqrt), count, nu.to(nu_stored.dtype)
 
         out, count, nu = _leafwise(leaf, updates, state.count, state.nu)
         return out, ScaleByRmsState(count, nu)
@@ -266,7 +334,8 @@ class ScaleByStddevState(NamedTuple):
 
 
 def scale_by_stddev(decay: Number = 0.9, eps: Number = 1e-8, initial_scale: float = 0.0, *,
-                    eps_in_sqrt: bool = True, bias_correction: bool = False) -> GradientTransformation:
+                    eps_in_sqrt: bool = True, bias_correction: bool = False, mu_dtype: Optional[torch.dtype] = None,
+                    nu_dtype: Optional[torch.dtype] = None) -> GradientTransformation:
     """Rescale updates by a centred second moment (centred RMSProp: Graves, 2013,
     https://arxiv.org/abs/1308.0850)::
 
@@ -276,22 +345,28 @@ def scale_by_stddev(decay: Number = 0.9, eps: Number = 1e-8, initial_scale: floa
 
     ``nu`` starts at ``initial_scale``, ``mu`` at zero. ``chain(scale_by_stddev(alpha, eps,
     eps_in_sqrt=False), scale_by_learning_rate(lr))`` is ``torch.optim.RMSprop(centered=True)``.
+    ``mu_dtype`` / ``nu_dtype`` store the moments in those dtypes (``None``: the parameter's; see
+    the module docstring).
     """
     defaults = _validate.scalar_hparams(ScaleByStddevHParams(decay, eps), "scale_by_stddev")
     initial_scale = float(initial_scale)
+    mu_dtype = _check_moment_dtype("scale_by_stddev", "mu_dtype", mu_dtype)
+    nu_dtype = _check_moment_dtype("scale_by_stddev", "nu_dtype", nu_dtype)
 
     def init(params):
-        return ScaleByStddevState(_counts(params), map_updates(torch.zeros_like, params),
-                                  map_updates(lambda p: torch.full_like(p, initial_scale), params))
+        return ScaleByStddevState(_counts(params), _moment(params, mu_dtype, "scale_by_stddev: mu_dtype"),
+                                  _moment(params, nu_dtype, "scale_by_stddev: nu_dtype", initial_scale))
 
     def update(updates, state, params=None, hparams=None):
         hp = _hp("scale_by_stddev", defaults, hparams)
         check_state_type(state, ScaleByStddevState, "scale_by_stddev")
         check_state_like(updates, state.count, "scale_by_stddev: state.count", scalar=True)
-        check_state_like(updates, state.mu, "scale_by_stddev: state.mu")
-        check_state_like(updates, state.nu, "scale_by_stddev: state.nu")
+        _check_moments("scale_by_stddev", updates, state,
+                       {"mu": ("mu_dtype", mu_dtype), "nu": ("nu_dtype", nu_dtype)})
 
-        def leaf(g, count, mu, nu):
+        def leaf(g, count, mu_stored, nu_stored):
+            work = _work_dtype(g, mu_stored, nu_stored)
+            g, mu, nu = g.to(work), mu_stored.to(work), nu_stored.to(work)
             d = _like(hp.decay, g)
             mu = mu * d + g * (1 - d)
             nu = nu * d + _sq(g).to(nu.dtype) * (1 - d)
@@ -301,7 +376,8 @@ def scale_by_stddev(decay: Number = 0.9, eps: Number = 1e-8, initial_scale: floa
                 mu_hat, nu_hat = mu / bc, nu / bc
             else:
                 mu_hat, nu_hat = mu, nu
-            return g * _root(nu_hat - _sq(mu_hat), _like(hp.eps, g), eps_in_sqrt), count, mu, nu
+            return (g * _root(nu_hat - _sq(mu_hat), _like(hp.eps, g), eps_in_sqrt), count, mu.to(mu_stored.dtype),
+                    nu.to(nu_stored.dtype))
 
         out, count, mu, nu = _leafwise(leaf, updates, state.count, state.mu, state.nu)
         return out, ScaleByStddevState(count, mu, nu)
@@ -456,31 +532,36 @@ class EmaState(NamedTuple):
     ema: Any
 
 
-def ema(decay: Number, debias: bool = True) -> GradientTransformation:
+def ema(decay: Number, debias: bool = True, *, accumulator_dtype: Optional[torch.dtype] = None
+        ) -> GradientTransformation:
     """An exponential moving average of the updates, the update being the average::
 
         e <- decay e + (1 - decay) u        u <- e / (1 - decay^t)  (debias)  or  e
 
-    As optax's ``ema`` (``debias=True`` by default; ``e`` starts at zero). Example:
-    ``fo.chain(fo.ema(0.9), fo.scale_by_learning_rate(0.1))`` is heavy-ball momentum in the
-    "EMA" convention.
+    As optax's ``ema`` (``debias=True`` by default; ``e`` starts at zero), including its
+    ``accumulator_dtype``: ``e`` stored in that dtype (``None``: the parameter's; see the module
+    docstring). Example: ``fo.chain(fo.ema(0.9), fo.scale_by_learning_rate(0.1))`` is heavy-ball
+    momentum in the "EMA" convention.
     """
     defaults = _validate.scalar_hparams(EmaHParams(decay), "ema")
+    accumulator_dtype = _check_moment_dtype("ema", "accumulator_dtype", accumulator_dtype)
 
     def init(params):
-        return EmaState(_counts(params), map_updates(torch.zeros_like, params))
+        return EmaState(_counts(params), _moment(params, accumulator_dtype, "ema: accumulator_dtype"))
 
     def update(updates, state, params=None, hparams=None):
         hp = _hp("ema", defaults, hparams)
         check_state_type(state, EmaState, "ema")
         check_state_like(updates, state.count, "ema: state.count", scalar=True)
-        check_state_like(updates, state.ema, "ema: state.ema")
+        _check_moments("ema", updates, state, {"ema": ("accumulator_dtype", accumulator_dtype)})
 
-        def leaf(u, count, e):
+        def leaf(u, count, e_stored):
+            work = _work_dtype(u, e_stored)
+            u, e = u.to(work), e_stored.to(work)
             d = _like(hp.decay, u)
             e = e * d + u * (1 - d)
             count = count + 1
-            return (e / _bias_correction(hp.decay, count, u) if debias else e), count, e
+            return (e / _bias_correction(hp.decay, count, u) if debias else e), count, e.to(e_stored.dtype)
 
         out, count, e = _leafwise(leaf, updates, state.count, state.ema)
         return out, EmaState(count, e)
@@ -514,19 +595,6 @@ class AddNoiseState(NamedTuple):
 
     count: Tensor
     seed: Tensor
-
-
-_MASK32 = 0xFFFFFFFF
-
-
-def _mix32(x: Tensor) -> Tensor:
-    """A 32-bit integer hash (xor-shift-multiply; multipliers below 2^31, so int64 never overflows)."""
-    x = x & _MASK32
-    x = x ^ (x >> 16)
-    x = (x * 0x45D9F3B) & _MASK32
-    x = x ^ (x >> 16)
-    x = (x * 0x45D9F3B) & _MASK32
-    return x ^ (x >> 16)
 
 
 def _normal_noise(seed: Tensor, count: Tensor, leaf_index: int, like: Tensor) -> Tensor:

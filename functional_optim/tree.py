@@ -12,7 +12,7 @@ state fields stay aligned with the params; every other pytree tool (``torch.func
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import optree
 import torch
@@ -186,13 +186,15 @@ def check_leaves_match(
             raise ValueError(f"{other_name} at {path()} is on {o.device}, expected {p.device}")
 
 
-def check_state_like(reference: Any, state_field: Any, what: str, *, scalar: bool = False) -> None:
+def check_state_like(reference: Any, state_field: Any, what: str, *, scalar: bool = False,
+                     dtype: Optional[torch.dtype] = None) -> None:
     """Check a per-leaf state field against ``reference`` (the updates or params it belongs to).
 
     ``state_field`` must have ``reference``'s structure, and wherever both hold tensors the state
     leaf must have the reference leaf's shape (``()`` with ``scalar``, for per-leaf flags and
-    counters), dtype (any, with ``scalar``) and device. Raises ``ValueError`` naming ``what`` and
-    the path before anything is computed; only shapes, dtypes and devices are compared.
+    counters), dtype (any, with ``scalar``; exactly ``dtype`` where one is given, for state kept in
+    its own dtype such as ``mu_dtype``) and device. Raises ``ValueError`` naming ``what`` and the
+    path before anything is computed; only shapes, dtypes and devices are compared.
     """
     check_same_structure(reference, state_field, "the updates", what)
     refs, values = flatten(reference)[0], flatten(state_field)[0]
@@ -205,8 +207,9 @@ def check_state_like(reference: Any, state_field: Any, what: str, *, scalar: boo
         shape = () if scalar else r.shape
         if v.shape != shape:
             raise ValueError(f"{what} at {paths()[i]} has shape {tuple(v.shape)}, expected {tuple(shape)}")
-        if not scalar and v.dtype != r.dtype:
-            raise ValueError(f"{what} at {paths()[i]} has dtype {v.dtype}, expected {r.dtype}")
+        expected = r.dtype if dtype is None else dtype
+        if not scalar and v.dtype != expected:
+            raise ValueError(f"{what} at {paths()[i]} has dtype {v.dtype}, expected {expected}")
         if v.device != r.device:
             raise ValueError(f"{what} at {paths()[i]} is on {v.device}, expected {r.device}")
 
