@@ -170,6 +170,20 @@ def test_gradient_is_straight_through():
     assert torch.equal(y, fo.stochastic_round(x.detach(), BF16, 0))  # the same values as without grad
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_draws_the_cpu_bits():
+    """Integer ops only: the same key gives the same rounding on any device (a CPU key included)."""
+    x = torch.randn(1000) * 3
+    key = fo.fold_in(4, 2)
+    on_cuda = fo.stochastic_round(x.cuda(), BF16, key.cuda())
+    assert on_cuda.is_cuda and torch.equal(on_cuda.cpu(), fo.stochastic_round(x, BF16, key))
+    params = [(1 + torch.rand(64)).to(BF16) for _ in range(10)]
+    updates = [torch.randn(64) * 1e-3 for _ in range(10)]
+    cpu = fo.apply_updates(params, updates, stochastic_rounding_key=key)
+    gpu = fo.apply_updates([p.cuda() for p in params], [u.cuda() for u in updates], stochastic_rounding_key=key)
+    assert all(torch.equal(a, b.cpu()) for a, b in zip(cpu, gpu))
+
+
 # ---------------------------------------------------------------------------- apply_updates
 def _mixed_tree(seed=0):
     g = torch.Generator().manual_seed(seed)
