@@ -111,6 +111,12 @@ def _layout(template: Any, n_params: int) -> _Layout:
     return _Layout(n_params, spec, slots)
 
 
+def _torch_managed(attribute: str) -> bool:
+    """Attributes ``torch.optim.Optimizer`` sets up itself (hooks, profiling names, warnings)."""
+    return attribute.startswith("_optimizer_") or attribute in (
+        "_zero_grad_profile_name", "_warned_capturable_if_run_uncaptured", "defaults", "state", "param_groups")
+
+
 class TransformationOptimizer(Optimizer):
     """A ``torch.optim.Optimizer`` that steps with a functional :class:`GradientTransformation`.
 
@@ -152,6 +158,13 @@ class TransformationOptimizer(Optimizer):
         self._hparam_names = tuple(defaults)
         self._layouts: dict[int, _Layout] = {}
         super().__init__(params, defaults)
+
+    def __getstate__(self) -> dict:
+        """torch's state (``defaults``, ``state``, ``param_groups``) plus this object's own
+        attributes (the transformation, layouts, a subclass's settings), so ``copy.deepcopy``
+        gives an optimizer that steps; torch's hooks are left out, as torch leaves them out."""
+        own = {k: v for k, v in self.__dict__.items() if not _torch_managed(k)}
+        return {**super().__getstate__(), **own}
 
     # ------------------------------------------------------------------ state <-> pytree
     def _group_layout(self, index: int, params: list) -> _Layout:

@@ -7,6 +7,7 @@ import torch
 
 import functional_optim as fo
 from _parity import assert_close, grads_for_step, make_params
+import compat
 from compat.transformation import TransformationOptimizer
 from functional_optim import schedules as S
 from functional_optim.combine import chain
@@ -136,3 +137,40 @@ def test_hooks_zero_grad_closure_and_errors():
         TransformationOptimizer([p], fo.adam(), lr=-1)
     with pytest.raises(TypeError, match="must be a GradientTransformation"):
         TransformationOptimizer([p], torch.optim.Adam)
+
+
+def _deepcopy_cases():
+    """Every compat class that steps on plain dense gradients with its defaults (LBFGS needs a
+    closure, SophiaH gradients with a graph, SparseAdam sparse ones, Muon matrices only)."""
+    skip = {"LBFGS", "SophiaH", "SparseAdam", "Muon", "FunctionalOptimizer", "TransformationOptimizer"}
+    cases = {name: getattr(compat, name) for name in compat.__all__ if name not in skip}
+    cases["TransformationOptimizer"] = lambda ps: compat.TransformationOptimizer(ps, fo.adamw(), lr=1e-2)
+    return cases
+
+
+@pytest.mark.parametrize("name", list(_deepcopy_cases()))
+def test_deepcopy_mid_run_steps_like_the_original(name):
+    """``copy.deepcopy(opt)`` (Lightning, SWA and EMA utilities do it) keeps what the step needs:
+    torch's ``__getstate__`` keeps only defaults, state and param groups, which for a class built
+    on a transformation lost the transformation itself."""
+    make = _deepcopy_cases()[name]
+    torch.manual_seed(0)
+    params = [torch.randn(3, 2, requires_grad=True), torch.randn(2, requires_grad=True)]
+    opt = make(params)
+    if hasattr(opt, "train"):
+        opt.train()
+    for _ in range(2):
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt.step()
+    twin = copy.deepcopy(opt)
+    twin_params = [p for group in twin.param_groups for p in group["params"]]
+    for _ in range(3):
+        grads = [torch.randn_like(p) for p in params]
+        for ps in (params, twin_params):
+            for p, g in zip(ps, grads):
+                p.grad = g.clone()
+        opt.step()
+        twin.step()
+    for a, b in zip(params, twin_params):
+        assert torch.equal(a, b)
