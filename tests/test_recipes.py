@@ -16,6 +16,7 @@ import torch
 from torch.func import grad
 
 import functional_optim as fo
+from test_low_precision import RECIPE as BF16_ADAMW_RECIPE
 
 SETUP = '''\
 import torch
@@ -87,7 +88,9 @@ momentum = fo.tree_get(state, fo.ScaleByLionState).mu  # bfloat16, half the byte
 '''
 
 RECIPES = {"setup": SETUP, "lamb": LAMB, "muon_adamw": MUON_ADAMW, "muon_adamw_compat": MUON_ADAMW_COMPAT,
-           "schedule_free": SCHEDULE_FREE, "low_precision": LOW_PRECISION}
+           "schedule_free": SCHEDULE_FREE, "low_precision": LOW_PRECISION,
+           # self-contained; run and checked by tests/test_low_precision.py
+           "bfloat16_adamw_stochastic_rounding": BF16_ADAMW_RECIPE}
 
 
 def _run(*code: str) -> dict:
