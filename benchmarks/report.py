@@ -347,7 +347,10 @@ def plot(result: dict, path: str) -> bool:
         for j, (i, floor) in enumerate((i, f) for i, f in floors if f is not None):
             ax.hlines(floor, i - 0.45, i + 0.45, colors="black", linestyles="--",
                       label="bandwidth floor" if j == 0 else None)
-        ax.set_xticks(range(len(idx)), list(idx), fontsize=8 if beyond else None)
+        if beyond:  # long class names
+            ax.set_xticks(range(len(idx)), list(idx), fontsize=8, rotation=20, ha="right")
+        else:
+            ax.set_xticks(range(len(idx)), list(idx))
         ax.set_yscale("log")
         ax.set_ylabel("ms / step (median)")
         ax.set_title(result["workloads"][w] + (" — beyond torch.optim, against reference packages" if beyond else ""))

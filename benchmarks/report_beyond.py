@@ -51,7 +51,11 @@ def _vs_reference(row: Optional[dict], by: dict) -> Optional[float]:
 def _cell(row: Optional[dict], by: dict) -> str:
     if row is not None and row.get("failed"):
         return "timed out" if row["failed"].startswith("timed out") else "did not compile"
-    return _x(_vs_reference(row, by))
+    text = _x(_vs_reference(row, by))
+    if row is not None and row.get("graphs") is not None and row.get("impl", "").startswith("compiled"):
+        # a compiled step's graphs; 0: Dynamo compiled nothing and the step ran eagerly
+        text += " (ran eagerly: 0 graphs)" if row["graphs"] == 0 else f" ({row['graphs']} graph{'s' * (row['graphs'] > 1)})"
+    return text
 
 
 def _params(row: dict) -> str:
@@ -72,8 +76,10 @@ def summary_section(result: dict) -> str:
             "constructed with that class's defaults (the compat classes take its signature; the functional "
             "factories default to the same values). Median step time ÷ the reference's, measured "
             "interleaved in the same block; `X.step` compiled (`torch.compile(X.step)`, float lr, StepLR): in its "
-            "own process, against the reference's eager step timed there. *did not compile* / *timed out*: "
-            "see the compile table and the notes. `benchmarks/README.md` says what each column runs.\n\n"
+            "own process, against the reference's eager step timed there. Compiled steps name their graph count "
+            "(one per step: it recompiled as the scheduler changed the lr; 0: Dynamo compiled nothing and the "
+            "step ran eagerly). *did not compile* / *timed out*: see the compile table and the notes. "
+            "`benchmarks/README.md` says what each column runs.\n\n"
             + _table(["workload", "optimizer", "reference", "reference ms", "compat ÷ ref", "functional eager ÷ ref",
                       "functional compiled ÷ ref", "compiled-inplace ÷ ref", "compiled reference step ÷ ref",
                       "compiled compat step ÷ ref"], body))

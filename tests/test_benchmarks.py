@@ -125,6 +125,10 @@ def test_compiled_steps_that_fail_or_time_out_are_rows_and_notes(monkeypatch):
     assert len(notes) == 2
     by = {"reference": {"median_ms": 2.0}, "reference/compiled-step": rows[0]}
     assert report_beyond._cell(rows[0], by) == "timed out" and report_beyond._cell(rows[1], by) == "did not compile"
+    eager = {"impl": "compiled-step", "in_child": True, "graphs": 0, "median_ms": 3.0, "reference_label": "x.Y",
+             "baseline": "reference/x.Y", "baseline_median_ms": 2.0}
+    assert report_beyond._cell(eager, by) == "1.50× (ran eagerly: 0 graphs)"
+    assert report_beyond._cell({**eager, "graphs": 15}, by) == "1.50× (15 graphs)"
 
 
 def test_hessian_workload_reaches_sophia_h_reference():
