@@ -26,7 +26,23 @@ def step_(transformation: GradientTransformation, grads: Any, state: Any, params
     with torch.no_grad():
         for p, u in zip(flatten(params)[0], flatten(updates)[0]):
             if u is not None:
-                p.add_(u)
+                if p.dim() == 0:
+                    _write_(p, p + u)
+                else:
+                    p.add_(u)
         for old, new in zip(flatten(state)[0], flatten(new_state)[0]):
             if isinstance(old, torch.Tensor) and new is not old:
-                old.copy_(new)
+                _write_(old, new)
+
+
+def _write_(dst: torch.Tensor, value: torch.Tensor) -> None:
+    """``dst.copy_(value)``; a 0-d ``dst`` is written by indexing (``dst[...] = value``).
+
+    Under torch.compile (torch 2.13, aot_eager and Inductor) an in-place op on a 0-d float64 CPU
+    input (``copy_``, ``add_``, ``fill_``) is silently dropped: the caller's tensor keeps its old
+    value (measured: Schedule-Free's float64 ``weight_sum``/``lr_max`` never changed, so compiled
+    ``step_`` drifted from ``update`` by 0.2 after two steps). The indexed write is kept."""
+    if dst.dim() == 0:
+        dst[...] = value
+    else:
+        dst.copy_(value)
