@@ -147,7 +147,7 @@ class _ScheduleFree(TransformationOptimizer):
                 layout = self._group_layout(index, params)
                 state = self._read(params, layout)
             updates, state = self.transformation.update([p.grad for p in params], state, params,
-                                                        self._hparams(group))
+                                                        self._step_hparams(group))
             for p, u in zip(params, updates):
                 if u is not None:
                     p.add_(u.to(p.dtype))

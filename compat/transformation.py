@@ -58,7 +58,7 @@ from functional_optim.inject import named_hparams, replace_hparams
 from functional_optim.rounding import fold_in
 from functional_optim.tree import flatten
 
-from .optimizer import check_grad_shapes
+from .optimizer import check_grad_shapes, traceable_float
 
 __all__ = ["TransformationOptimizer"]
 
@@ -159,6 +159,16 @@ class TransformationOptimizer(Optimizer):
         self._layouts: dict[int, _Layout] = {}
         super().__init__(params, defaults)
 
+    def _step_hparams(self, group: dict) -> Any:
+        """:meth:`_hparams` for a step: under torch.compile every Python-float hyperparameter
+        as a 0-d tensor (:func:`compat.optimizer.traceable_float`: a scheduler's changing float
+        would otherwise be specialized, recompiling the step at every new value)."""
+        hparams = self._hparams(group)
+        if not torch.compiler.is_compiling():
+            return hparams
+        return optree.tree_map(lambda x: traceable_float(x) if isinstance(x, float) else x, hparams,
+                               none_is_leaf=True)
+
     def __getstate__(self) -> dict:
         """torch's state (``defaults``, ``state``, ``param_groups``) plus this object's own
         attributes (the transformation, layouts, a subclass's settings), so ``copy.deepcopy``
@@ -214,7 +224,7 @@ class TransformationOptimizer(Optimizer):
             else:
                 layout = self._group_layout(index, params)
                 state = self._read(params, layout)
-            updates, state = self.transformation.update(grads, state, params, self._hparams(group))
+            updates, state = self.transformation.update(grads, state, params, self._step_hparams(group))
             updates = flatten(updates)[0]
             if self.stochastic_rounding_seed is not None:
                 updates = self._add_stochastically(index, group, params, updates)

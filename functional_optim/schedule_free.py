@@ -50,8 +50,14 @@ def _device(tree: Any) -> torch.device:
 
 def _f64(x: Any, device: torch.device) -> Tensor:
     """A hyperparameter as a float64 0-d tensor: the scalar math runs in double precision, as the
-    reference's Python floats do."""
-    return torch.as_tensor(x, dtype=torch.float64, device=device)
+    reference's Python floats do.
+
+    A number becomes ``ones * x`` (exact): under torch.compile a Python float that changes
+    between calls (a scheduler's ``lr``) is symbolic, and ``as_tensor`` of it is specialized,
+    recompiling at every new value; a product stays symbolic."""
+    if isinstance(x, Tensor):
+        return x.to(dtype=torch.float64, device=device)
+    return torch.ones((), dtype=torch.float64, device=device) * x
 
 
 # ---------------------------------------------------------------------------- the wrapper

@@ -174,3 +174,32 @@ def test_deepcopy_mid_run_steps_like_the_original(name):
         twin.step()
     for a, b in zip(params, twin_params):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["Lion", "Lars", "AdaBelief", "Adan", "ADOPT", "AdEMAMix", "AdamWScheduleFree",
+                                  "SGDScheduleFree"])
+def test_compiled_step_with_float_lr_does_not_recompile(name):
+    """``torch.compile(opt.step)`` with a float lr a scheduler changes: after warm-up one graph
+    for every lr (the step hands float hyperparameters over as tensors; Schedule-Free's
+    ``as_tensor(lr)`` was specialized and recompiled at every step). Lamb, Prodigy and SophiaH
+    still recompile (README)."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    params = [torch.randn(6, 4, requires_grad=True), torch.randn(4, requires_grad=True)]
+    opt = getattr(compat, name)(params, lr=0.01)
+    if hasattr(opt, "train"):
+        opt.train()
+    scheduler = torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.9)
+    counter = CompileCounterWithBackend("aot_eager")
+    step = torch.compile(opt.step, backend=counter)
+    frames = []
+    for _ in range(5):
+        for p in params:
+            p.grad = torch.randn_like(p)
+        step()
+        scheduler.step()
+        frames.append(counter.frame_count)
+    torch._dynamo.reset()
+    assert frames[2:] == [frames[1]] * 3, f"recompiled as lr changed: {frames}"
