@@ -48,7 +48,8 @@ _LOOP_EQUAL_FOREACH_DTYPES = (torch.float32, torch.float64)
 
 
 def traceable_float(value: float) -> Tensor:
-    """A Python-float ``lr`` as a 0-d float64 tensor, for a step being compiled.
+    """A Python-float hyperparameter (a scheduler's ``lr``) as a 0-d float64 tensor, for a step
+    being compiled.
 
     Dynamo traces a float that changed between calls (a scheduler's ``lr``) as a symbolic float,
     and Inductor specializes one that reaches a kernel as a scalar argument (``alpha=``,
@@ -88,7 +89,9 @@ class FunctionalOptimizer(Optimizer):
 
     def _step_hparams(self, group: dict) -> Any:
         """:meth:`_hparams` for a step: under torch.compile a float ``lr`` as a tensor (see
-        :func:`traceable_float`)."""
+        :func:`traceable_float`). Only ``lr``: the kernels branch on the other hyperparameters
+        being numbers (``weight_decay == 0`` skips the decay, betas enter host-side step sizes), and
+        what schedulers change is the ``lr``."""
         hparams = self._hparams(group)
         if torch.compiler.is_compiling() and isinstance(getattr(hparams, "lr", None), float):
             hparams = hparams._replace(lr=traceable_float(hparams.lr))
