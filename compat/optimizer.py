@@ -90,8 +90,8 @@ class FunctionalOptimizer(Optimizer):
     def _step_hparams(self, group: dict) -> Any:
         """:meth:`_hparams` for a step: under torch.compile a float ``lr`` as a tensor (see
         :func:`traceable_float`). Only ``lr``: the kernels branch on the other hyperparameters
-        being numbers (``weight_decay == 0`` skips the decay, betas enter host-side step sizes), and
-        what schedulers change is the ``lr``."""
+        being numbers (``weight_decay == 0`` skips the decay, betas enter host-side step sizes); a
+        scheduler that cycles float ``betas``/``momentum`` (``OneCycleLR``) still recompiles."""
         hparams = self._hparams(group)
         if torch.compiler.is_compiling() and isinstance(getattr(hparams, "lr", None), float):
             hparams = hparams._replace(lr=traceable_float(hparams.lr))
