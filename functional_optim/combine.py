@@ -200,7 +200,8 @@ class _PrefixTree:
 
 def _keep(tree: Any, keep: Sequence[bool]) -> Any:
     """``tree`` with the leaves not kept replaced by :class:`MaskedNode`."""
-    return rebuild_like(tree, [leaf if k else MaskedNode() for leaf, k in zip(flatten(tree)[0], keep)])
+    leaves, spec = flatten(tree)
+    return rebuild_like(tree, spec, [leaf if k else MaskedNode() for leaf, k in zip(leaves, keep)])
 
 
 def _sub_leaves(full: Any, sub: Any) -> list:

@@ -80,16 +80,18 @@ def unflatten(spec: optree.PyTreeSpec, leaves: Sequence[Any]) -> Any:
     return optree.tree_unflatten(spec, list(leaves))
 
 
-def rebuild_like(tree: Any, leaves: Sequence[Any]) -> Any:
-    """``unflatten(flatten(tree)[1], leaves)``, also under torch.compile when the new leaves of
-    a dict are all constants (e.g. every leaf of a submodule replaced by a placeholder node).
+def rebuild_like(tree: Any, spec: optree.PyTreeSpec, leaves: Sequence[Any]) -> Any:
+    """``unflatten(spec, leaves)`` for ``spec = flatten(tree)[1]``, also under torch.compile when
+    the new leaves of a dict are all constants (e.g. every leaf of a submodule replaced by a
+    placeholder node).
 
     Dynamo (torch 2.13) constant-folds the unflatten of such a dict by calling optree's own
     ``_dict_unflatten`` with its polyfill's metadata, which fails (``unhashable type: 'list'``);
-    while compiling, dicts are therefore rebuilt here, in :func:`flatten`'s (sorted-key) order.
+    while compiling, dicts are therefore rebuilt here from ``tree``, in :func:`flatten`'s
+    (sorted-key) order.
     """
     if not torch.compiler.is_compiling():
-        return unflatten(flatten(tree)[1], leaves)
+        return unflatten(spec, leaves)
     return _rebuild(tree, iter(leaves))
 
 
