@@ -52,7 +52,7 @@ from ._kernels.muon import NS_COEFFICIENTS, NS_EPS, NS_STEPS, check_newton_schul
 from .base import GradientTransformation
 from .combine import map_updates
 from .rounding import _mix32
-from .transforms import EmptyState, _first_device, _like, _stateless
+from .transforms import _first_device, _like, _stateless
 from .tree import check_counters, check_state_like, check_state_type, flatten, lazy_paths, unflatten
 
 Number = Union[float, Tensor]

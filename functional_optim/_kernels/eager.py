@@ -35,7 +35,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from .ops import PURE, PureOps, Scalar, ScalarArg, lerp
+from .ops import PURE, PureOps, Scalar, ScalarArg
 
 __all__ = ["ForeachPureOps", "FOREACH_PURE", "eager_ops_for", "inside_functorch_transform"]
 
