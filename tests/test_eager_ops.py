@@ -74,3 +74,25 @@ def test_writable_lists_are_never_written_into_by_later_underscore_ops():
     FOREACH_PURE.add_(FOREACH_PURE.writable(made), 1.0)
     FOREACH_PURE.rsqrt_at_least_(FOREACH_PURE.writable(made), 0.5)
     assert torch.equal(made[0], before)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_the_addcdiv_update_is_the_quotient_itself_signed_zeros_and_layout_included(dtype):
+    """Adam's last line on the caller's params returns ``v * n / d`` as the update (one addcdiv
+    on a broadcast -0): bit for bit the product-then-quotient torch's addcdiv adds, +0 and -0
+    kept, in the numerator's layout (a transposed and a channels-last tensor)."""
+    g = torch.Generator().manual_seed(3)
+    shapes = [(5, 7), (2, 3, 4, 4)]
+    params = [torch.randn(s, generator=g, dtype=dtype) for s in shapes]
+    nums = [torch.randn(7, 5, generator=g, dtype=dtype).t(),
+            torch.randn(2, 3, 4, 4, generator=g, dtype=dtype).to(memory_format=torch.channels_last)]
+    nums[0][0, :3] = torch.tensor([0.0, -0.0, 0.0], dtype=dtype)
+    denoms = [torch.rand(s, generator=g, dtype=dtype) + 0.5 for s in shapes]
+    values = [-1e-3, 2e-3]
+    delta = FOREACH_PURE.addcdiv_(FOREACH_PURE.base(params), nums, denoms, values)
+    updates = FOREACH_PURE.updates(delta, params)
+    for u, n, d, v, p in zip(updates, nums, denoms, values, params):
+        expected = torch.mul(n, v) / d
+        assert torch.equal(u, expected) and torch.equal(torch.signbit(u), torch.signbit(expected))
+        assert u.stride() == n.stride()
+        assert torch.equal(p + u, torch.addcdiv(p, n, d, value=v))  # torch's in-place step

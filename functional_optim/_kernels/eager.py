@@ -233,7 +233,9 @@ class ForeachPureOps(PureOps):
             # values (PureOps' order), (v * n) / d for numbers (torch's addcdiv kernel)
             if tensor_values:
                 return _Delta(xs, self._foreach("mul", _Fresh(torch._foreach_div(t1s, t2s)), value))
-            return _Delta(xs, self._foreach("div", _Fresh(torch._foreach_mul(t1s, value)), t2s))
+            # ``-0 + (v * n) / d`` in one pass (-0 is the exact additive identity, signed zeros
+            # included): one write of new memory instead of a product and an in-place quotient
+            return _Delta(xs, _Fresh(torch._foreach_addcdiv(_negative_zeros_like(t1s), t1s, t2s, value)))
         if tensor_values:
             return self._foreach("add", xs, torch._foreach_mul(torch._foreach_div(t1s, t2s), value))
         return self._foreach("addcdiv", xs, t1s, t2s, value)
@@ -297,6 +299,23 @@ def _materialize_deltas_in(cls: type) -> type:
 
 
 _IN_PLACE_DTYPES = (torch.float32, torch.float64)
+
+
+def _negative_zeros_like(xs: Sequence[Tensor]) -> list:
+    """``-0.0`` broadcast to each tensor's shape (stride-0 views of one 0-d tensor per dtype and
+    device: nothing is allocated per tensor). As the ``self`` of an out-of-place ``addcdiv`` it
+    makes the result exactly ``value * t1 / t2``: ``-0 + y == y`` for every ``y``, ``+0`` and
+    ``-0`` included, and the output takes its layout from ``t1``/``t2`` (a stride-0 operand does
+    not decide it)."""
+    zeros: dict = {}
+    out = []
+    for x in xs:
+        key = (x.dtype, x.device)
+        zero = zeros.get(key)
+        if zero is None:
+            zero = zeros[key] = torch.full((), -0.0, dtype=x.dtype, device=x.device)
+        out.append(zero.expand(x.shape))
+    return out
 
 
 def _numbers(x: Any) -> bool:
