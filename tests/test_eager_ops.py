@@ -21,7 +21,7 @@ def _params(dtype):
     return params
 
 
-def _run(entry, dtype, ops, monkeypatch, steps=4):
+def _run(entry, dtype, ops, monkeypatch, steps=8):  # 8: RAdam rectifies from step 6
     monkeypatch.setattr(definition_module, "eager_ops_for", lambda *lists: ops)
     tx = entry.factory(**entry.kwargs)
     params = _params(dtype)

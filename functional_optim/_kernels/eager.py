@@ -240,6 +240,33 @@ class ForeachPureOps(PureOps):
             return self._foreach("add", xs, torch._foreach_mul(torch._foreach_div(t1s, t2s), value))
         return self._foreach("addcdiv", xs, t1s, t2s, value)
 
+    def rectified_update_(self, xs, exp_avgs, exp_avg_sqs, eps: Scalar, lr: Scalar, bias_corrections1: ScalarArg,
+                          bias_corrections2: ScalarArg, rects: ScalarArg):
+        """:meth:`PureOps.rectified_update_`'s formula with foreach ops, for CPU lists of one
+        float32/float64 dtype with host ``lr`` and ``eps``: the update ``-(lr / b1) m``, times
+        ``r sqrt(b2) / (sqrt(v) + eps)`` on the tensors where ``r > 0`` (read on the host, as
+        torch's CPU step reads its scalars; no ``torch.where`` computing both branches). On the
+        caller's params it is the update itself (:class:`_Delta`); ``x + (-(c a))`` is the pure
+        path's ``x - c a`` bit for bit. Anything else takes the per-tensor default."""
+        dtype = _one_dtype(xs)
+        if not (dtype in _IN_PLACE_DTYPES and xs[0].is_cpu and isinstance(lr, (int, float))
+                and isinstance(eps, (int, float))
+                and all(_is_vector(s) and s.is_cpu for s in (bias_corrections1, bias_corrections2, rects))):
+            return _Fresh(super().rectified_update_(xs, exp_avgs, exp_avg_sqs, eps, lr, bias_corrections1,
+                                                    bias_corrections2, rects))
+        steps = _Fresh(torch._foreach_mul(exp_avgs, (-(lr / bias_corrections1)).to(dtype).tolist()))
+        rectified = [i for i, r in enumerate(rects.tolist()) if r > 0]
+        if rectified:
+            numerators = (rects * bias_corrections2**0.5).to(dtype)
+            denoms = torch._foreach_sqrt([exp_avg_sqs[i] for i in rectified])
+            torch._foreach_add_(denoms, eps)
+            for i, d in zip(rectified, denoms):
+                torch.div(numerators[i], d, out=d)  # r sqrt(b2) / (sqrt(v) + eps), in place
+            torch._foreach_mul_([steps[i] for i in rectified], denoms)
+        if self._delta_of(xs):
+            return _Delta(xs, steps)
+        return self._foreach("add", xs, steps)
+
     def maximum_(self, xs, others):
         return self._foreach("maximum", xs, others)
 
