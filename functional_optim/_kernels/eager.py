@@ -267,6 +267,26 @@ class ForeachPureOps(PureOps):
             return _Delta(xs, steps)
         return self._foreach("add", xs, steps)
 
+    def average_(self, axs, xs, weights):
+        """:meth:`PureOps.average_` (``a + w (x - a)``, ``x`` itself where ``w == 1``) for CPU lists
+        of one float32/float64 dtype with CPU weights: the weights read on the host (one read), so
+        where ``w == 1`` (ASGD before ``t0``) nothing is computed, and elsewhere ``(x - a) w + a``
+        is written into the new difference. The list returned is not this update's to overwrite
+        (it may hold ``xs`` themselves)."""
+        if not (_one_dtype(xs) in _IN_PLACE_DTYPES and xs[0].is_cpu
+                and all(type(w) is Tensor and w.dim() == 0 and w.is_cpu for w in weights)):
+            return _Fresh(super().average_(axs, xs, weights))
+        host = torch.stack(list(weights)).tolist()
+        out = list(xs)
+        moving = [i for i, w in enumerate(host) if w != 1]
+        if moving:
+            diffs = torch._foreach_sub([xs[i] for i in moving], [axs[i] for i in moving])
+            torch._foreach_mul_(diffs, [host[i] for i in moving])
+            torch._foreach_add_(diffs, [axs[i] for i in moving])
+            for i, d in zip(moving, diffs):
+                out[i] = d
+        return out
+
     def maximum_(self, xs, others):
         return self._foreach("maximum", xs, others)
 
