@@ -273,6 +273,27 @@ class Ops:
         """``sign(x)`` as new tensors (Rprop)."""
         return [torch.sign(x) for x in xs]
 
+    def sign_(self, xs):
+        """``sign(x)`` of the kernel's own temporaries, in place where the Ops write in place."""
+        return self.sign(xs)
+
+    def rprop_factors_(self, signs, eta_minus: Scalar, eta_plus: Scalar):
+        """Rprop's step-size factors from the signs of ``g * prev`` (the kernel's temporaries):
+        ``eta_plus`` where positive, ``eta_minus`` where negative, 1 where zero, NaN kept. Here one
+        ``torch.where`` chain, out of place (compiles and vmaps without host synchronisation); the
+        in-place Ops write the values into the signs (:func:`_fill_rprop_factors_`). Tensor etas
+        are cast to the signs' dtype, as torch's assignment casts its numbers."""
+        out = []
+        for s in signs:
+            minus, plus = _as_dtype_of(eta_minus, s), _as_dtype_of(eta_plus, s)
+            out.append(torch.where(s > 0, plus, torch.where(s < 0, minus, torch.where(s == 0, 1.0, s))))
+        return out
+
+    def zero_where_equal_(self, xs, keys, value: Scalar):
+        """``x`` with zeros where ``key == value`` (Rprop skips the elements whose step size it
+        shrank), in place where the Ops write in place (:func:`_zero_where_equal_`)."""
+        return [torch.where(k == _as_dtype_of(value, k), 0.0, x) for x, k in zip(xs, keys)]
+
     def mul(self, xs, other):
         """``x * o`` as new tensors; ``other`` is a list of tensors or a scalar argument. A tensor
         scalar is used as it is (torch multiplies by a 0-d tensor without rounding it to ``x``'s
@@ -383,6 +404,24 @@ def _as_dtype_of(scalar: Scalar, like: Tensor) -> Scalar:
     if isinstance(scalar, Tensor) and scalar.dtype != like.dtype:
         return scalar.to(like.dtype)
     return scalar
+
+
+def _fill_rprop_factors_(signs: list, eta_minus: Scalar, eta_plus: Scalar) -> list:
+    """:meth:`Ops.rprop_factors_` in place: ``masked_fill_`` of ``eta_plus``, ``eta_minus`` and 1 in
+    torch's order (its non-capturable code assigns through the same masks). The values are those of
+    the ``torch.where`` chain; the signs are overwritten instead of three new tensors being made."""
+    for s in signs:
+        s.masked_fill_(s > 0, _as_dtype_of(eta_plus, s))
+        s.masked_fill_(s < 0, _as_dtype_of(eta_minus, s))
+        s.masked_fill_(s == 0, 1.0)
+    return signs
+
+
+def _zero_where_equal_(xs: list, keys: list, value: Scalar) -> list:
+    """:meth:`Ops.zero_where_equal_` in place."""
+    for x, k in zip(xs, keys):
+        x.masked_fill_(k == _as_dtype_of(value, k), 0.0)
+    return xs
 
 
 class PureOps(Ops):
@@ -616,6 +655,12 @@ class LoopOps(Ops):
         for x in xs:
             x.clamp_(low, high)
         return xs
+
+    def sign_(self, xs):
+        return [x.sign_() for x in xs]
+
+    rprop_factors_ = staticmethod(_fill_rprop_factors_)
+    zero_where_equal_ = staticmethod(_zero_where_equal_)
 
     def copy_(self, dsts, srcs):
         """``d.copy_(s)``; a number is made a tensor first (``torch.as_tensor``: the default dtype),
@@ -861,6 +906,13 @@ class ForeachOps(Ops):
         for x in xs:  # one tensor at a time, as torch's foreach Rprop clamps
             x.clamp_(low, high)
         return xs
+
+    def sign_(self, xs):
+        torch._foreach_sign_(xs)
+        return xs
+
+    rprop_factors_ = staticmethod(_fill_rprop_factors_)
+    zero_where_equal_ = staticmethod(_zero_where_equal_)
 
     def copy_(self, dsts, srcs):
         """``_foreach_copy_``; numbers are made tensors on the destination's device first."""
