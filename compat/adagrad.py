@@ -123,14 +123,21 @@ class Adagrad(FunctionalOptimizer):
     def _accelerator_graph_capture_health_check(self) -> None:
         """torch.optim.Adagrad has no ``capturable`` mode and makes no graph-capture check."""
 
-    def _check_grad(self, p: Tensor, group: dict) -> None:
+    def _grad_checker(self, group: dict):
+        """Fused: torch's device/dtype check of the first parameter with a gradient, once per
+        optimizer; otherwise the sparse-gradient checks."""
         if group["fused"]:
-            # torch checks the first parameter with a gradient once per optimizer
-            if getattr(self, "_need_device_dtype_check_for_fused", True):
-                _device_dtype_check_for_fused(p, cuda_unsupported=not _FUSED_ON_CUDA)
-                self._need_device_dtype_check_for_fused = False
-        elif p.grad.is_sparse:
-            self.definition.check_grad(p.grad, self._hparams(group), self._static(group))
+            return self._check_fused_once
+
+        def check(p: Tensor) -> None:
+            if p.grad.is_sparse:
+                self.definition.check_grad(p.grad, self._hparams(group), self._static(group))
+        return check
+
+    def _check_fused_once(self, p: Tensor) -> None:
+        if getattr(self, "_need_device_dtype_check_for_fused", True):
+            _device_dtype_check_for_fused(p, cuda_unsupported=not _FUSED_ON_CUDA)
+            self._need_device_dtype_check_for_fused = False
 
     def _check_group(self, group: dict, params: list, state_steps: list) -> None:
         """torch.optim.Adagrad makes no per-group checks beyond those in :meth:`_step_group`."""

@@ -131,11 +131,11 @@ class SGD(FunctionalOptimizer):
         as torch's ``_init_group`` gathers them, its fused device/dtype check included (named
         otherwise: torch.compile special-cases ``_init_group`` with torch's signature)."""
         params, grads, bufs = [], [], []
-        has_momentum = group["momentum"] != 0
+        has_momentum, fused = group["momentum"] != 0, group["fused"]
         for p in group["params"]:
             if p.grad is None:
                 continue
-            if group["fused"] and getattr(self, "_need_device_dtype_check_for_fused", True):
+            if fused and getattr(self, "_need_device_dtype_check_for_fused", True):
                 _device_dtype_check_for_fused(p)
                 self._need_device_dtype_check_for_fused = False
             params.append(p)

@@ -522,6 +522,10 @@ class LoopOps(Ops):
 
     def add_(self, xs, other: ScalarArg | list, alpha: ScalarArg = 1):
         others = list(other) if isinstance(other, (list, tuple)) else [other] * len(xs)
+        if isinstance(alpha, (int, float)):  # the common case: no per-tensor value to read
+            for x, o in zip(xs, others):
+                x.add_(o, alpha=alpha)
+            return xs
         for x, o, a in zip(xs, others, self._values(alpha, len(xs))):
             if isinstance(a, Tensor):
                 x.add_(o * a)
@@ -631,6 +635,8 @@ class LoopOps(Ops):
         """``x.add_(o, alpha=s)`` with ``s`` read as a number, as torch's for-loop does also when
         capturable or differentiable (a tensor that requires grad, or one met while compiling, is
         kept: see :meth:`Ops.scale_and_add_`)."""
+        if isinstance(scales, (int, float)):
+            return self.add_(xs, others, alpha=scales)
         keep = torch.compiler.is_compiling()
         alphas = []
         for i, x in enumerate(xs):
