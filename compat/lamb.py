@@ -8,13 +8,11 @@ from typing import Any, NamedTuple, Optional
 import torch
 from torch.optim.optimizer import ParamsT
 
-from functional_optim import _validate
 from functional_optim._moments import check_betas_range, check_non_negative
 from functional_optim.base import GradientTransformation
 from functional_optim.combine import map_updates, named_chain
 from functional_optim.scaling import scale_by_adam, scale_by_trust_ratio
 from functional_optim.transforms import add_decayed_weights, flip_sign, scale, scale_by_learning_rate
-from functional_optim.tree import flatten
 
 from ._reference import ReferenceOptimizer, check_extra, check_lr
 

@@ -27,7 +27,7 @@ from ._kernels.ops import Ops
 from .base import GradientTransformation
 from ._autograd import warn_if_chaining_graphs
 from ._validate import check_hparams_record, scalar_hparams
-from .tree import EMPTY, check_leaves_match, flatten, flatten_like, flatten_plain, is_empty, lazy_paths, unflatten
+from .tree import EMPTY, Empty, check_leaves_match, flatten, flatten_like, flatten_plain, is_empty, lazy_paths, unflatten
 
 # kernel(ops, params, grads, state, hparams, static) -> (new_params, new_state)
 #   params/grads: lists of real tensors; state: dict slot name -> list (incl. "step")
@@ -119,7 +119,7 @@ def unpack_field(params: Any, field: Any, name: str, params_spec=None) -> list:
         params_spec = flatten_plain(params)[1]
     if is_empty(field):
         return [None] * params_spec.num_leaves
-    return [None if is_empty(x) else x for x in flatten_like(params_spec, params, field, "params", name)]
+    return [None if isinstance(x, Empty) else x for x in flatten_like(params_spec, params, field, "params", name)]
 
 
 def check_params(name: str, params: list, paths: Callable[[], list], supports_complex: bool = True) -> None:

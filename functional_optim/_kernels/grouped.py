@@ -90,9 +90,10 @@ def _groups(definition: Any, params: list, state: dict, candidates: list) -> lis
     scalar_names = ["step", *definition.scalar_slots]
     values = [torch.stack([state[n][i] for i in candidates]).tolist() for n in scalar_names]
     full = [state[s] for s in definition.slots if s not in definition.scalar_slots]
+    dtypes = [params[i].dtype for i in candidates]
+    absent = [[s[i] is None for i in candidates] for s in full]
     groups: dict = {}
-    for j, i in enumerate(candidates):
-        key = (params[i].dtype, *(v[j] for v in values), *(s[i] is None for s in full))
+    for i, key in zip(candidates, zip(dtypes, *values, *absent)):
         groups.setdefault(key, []).append(i)
     return [g for g in groups.values() if len(g) >= MIN_GROUP]
 
@@ -129,8 +130,9 @@ def add_lists(params: list, updates: list, add) -> list:
     :data:`MIN_GROUP` updates that lie one after another in one buffer (as :func:`step_lists`
     returns them) added as one flat tensor; the sums of such a run are again one buffer."""
     runs, start = [], 0
+    continues = _continuations(params, updates)
     for end in range(1, len(updates) + 1):
-        if end == len(updates) or not _continues(updates[end - 1], updates[end], params[end - 1], params[end]):
+        if end == len(updates) or not continues[end - 1]:
             runs.append((start, end))
             start = end
     out: list = [None] * len(params)
@@ -148,12 +150,15 @@ def add_lists(params: list, updates: list, add) -> list:
     return out
 
 
-def _continues(update: Tensor, next_update: Tensor, param: Tensor, next_param: Tensor) -> bool:
-    """Whether ``next_update`` starts where ``update`` ends in memory, both updates having their
-    parameter's dtype (a wider update is cast back per tensor)."""
-    return (type(update) is Tensor and type(next_update) is Tensor
-            and update.dtype == param.dtype == next_update.dtype == next_param.dtype
-            and next_update.data_ptr() == update.data_ptr() + update.numel() * update.element_size())
+def _continuations(params: list, updates: list) -> list:
+    """For each ``i``: whether update ``i + 1`` starts where update ``i`` ends in memory, both
+    plain tensors of one dtype, their parameters' (a wider update is cast back per tensor). One
+    pass over the lists, no call per pair (1000 parameters)."""
+    plain = [type(u) is Tensor and u.dtype == p.dtype for u, p in zip(updates, params)]
+    starts = [u.data_ptr() if ok else None for u, ok in zip(updates, plain)]
+    ends = [start + u.numel() * u.element_size() if ok else None for start, u, ok in zip(starts, updates, plain)]
+    return [plain[i] and plain[i + 1] and ends[i] == starts[i + 1] and updates[i].dtype == updates[i + 1].dtype
+            for i in range(len(updates) - 1)] + [False]
 
 
 def step_lists(definition: Any, ops: Any, run_kernel, params: list, grads: list, state: dict,
