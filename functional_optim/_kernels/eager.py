@@ -35,7 +35,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from .ops import PURE, PureOps, Scalar, ScalarArg
+from .ops import PURE, PureOps, Scalar, ScalarArg, _fill_rprop_factors_
 
 __all__ = ["ForeachPureOps", "FOREACH_PURE", "eager_ops_for", "inside_functorch_transform"]
 
@@ -171,6 +171,26 @@ class ForeachPureOps(PureOps):
         if not (isinstance(alpha, (int, float)) and alpha == 1):
             other = self.per_param(lambda o, a: o * a, *_as_lists(len(xs), other, alpha))
         return self._foreach("add", xs, self._scalars(other, xs))
+
+    def abs(self, xs):
+        return _Fresh(torch._foreach_abs(xs))
+
+    def sign(self, xs):
+        return _Fresh(torch._foreach_sign(xs))
+
+    def sign_(self, xs):
+        return self._foreach("sign", xs)
+
+    def mul(self, xs, other):
+        if isinstance(other, (int, float)) or (isinstance(other, (list, tuple)) and other
+                                               and all(isinstance(o, Tensor) for o in other)):
+            return _Fresh(torch._foreach_mul(xs, list(other) if isinstance(other, tuple) else other))
+        return _Fresh(super().mul(xs, other))
+
+    def rprop_factors_(self, signs, eta_minus: Scalar, eta_plus: Scalar):
+        if type(signs) is _Fresh and _one_dtype(signs) in _IN_PLACE_DTYPES:
+            return _fill_rprop_factors_(signs, eta_minus, eta_plus)  # this update's own temporaries
+        return _Fresh(super().rprop_factors_(signs, eta_minus, eta_plus))
 
     def square(self, xs):
         return _Fresh(torch._foreach_mul(xs, xs))
