@@ -20,7 +20,12 @@ saves the ``new - params`` pass and one allocation per parameter, and it rounds 
 in-place step: ``addcdiv`` computes ``(v * n) / d`` and adds it, so ``apply_updates``' ``p + u``
 is torch's result bit for bit (``new - params`` is exact only where the two are within a factor
 of two). A :class:`_Delta` is not a list, so a kernel cannot read it as parameters by mistake; an
-operation handed one (NAdam's second ``addcdiv_``) adds it to its base first.
+operation handed one (NAdam's second ``addcdiv_``) adds it to its base first. RAdam's last line
+(:meth:`ForeachPureOps.rectified_update_`) returns its update the same way.
+
+Where the per-tensor form computes both branches of a per-parameter choice with ``torch.where``
+(RAdam's rectification, ASGD's averaging weight ``mu == 1``), this path reads the scalars that
+decide it on the host, once per list, as torch's CPU step reads them, and computes one branch.
 
 It is chosen only where it computes what :class:`PureOps` computes and nothing needs the
 per-tensor form: eagerly, outside functorch transforms, with no input that requires grad (see
