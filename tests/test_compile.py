@@ -128,3 +128,39 @@ def test_compiled_compat_step_with_float_lr_does_not_recompile(entry, foreach):
     assert frames[2:] == [frames[1]] * 3, f"recompiled as lr changed: {frames}"
     for a, b in zip(model.parameters(), eager_model.parameters()):
         torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_compat_for_loop_computes_the_per_parameter_scalars_once_per_group(monkeypatch):
+    """Under torch.compile the for-loop path steps a group as one chunk: the per-parameter step
+    sizes go through one ``realize`` barrier (a 1x1 matmul each for Adam's two scalar lists)
+    instead of one per cache-sized chunk, and the compiled step equals the eager one."""
+    import compat
+    import compat.optimizer as compat_optimizer
+
+    monkeypatch.setattr(compat_optimizer, "LOOP_CHUNK_NUMEL", 1)  # eagerly: one chunk per tensor
+    torch.manual_seed(0)
+    shapes = [(4, 3), (5,), (2, 2), (3,)]
+    grads = [torch.randn(s) for s in shapes]
+
+    def make():
+        params = [torch.nn.Parameter(torch.randn(s, generator=torch.Generator().manual_seed(i)))
+                  for i, s in enumerate(shapes)]
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        return params, compat.AdamW(params, lr=0.01, foreach=False)
+
+    matmuls = []
+
+    def backend(gm, example_inputs):
+        matmuls.append(sum(1 for n in gm.graph.nodes if n.target is torch.mm))
+        return gm.forward
+
+    params, opt = make()
+    step = torch.compile(opt.step, backend=backend)
+    eager_params, eager_opt = make()
+    for _ in range(3):
+        step()
+        eager_opt.step()
+    assert matmuls and all(n == 2 for n in matmuls), matmuls
+    for p, q in zip(params, eager_params):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)  # tensor lr under compile: float32 rounding
