@@ -11,6 +11,8 @@ sets ``p.grad``, or the functional ``update(..., value=, value_and_grad_fn=objec
 
 from __future__ import annotations
 
+import contextlib
+
 import time
 from typing import Callable, Optional
 
@@ -34,6 +36,23 @@ class CompileInfo:
 
     def as_dict(self) -> dict:
         return {"graphs": self.graphs, "fx_nodes": self.nodes, "inductor_s": self.inductor_s}
+
+
+@contextlib.contextmanager
+def fresh_dynamo():
+    """Compile as a fresh process would: Dynamo's caches reset, and its file-based profile-guided
+    state (``automatic_dynamic_local_pgo``, on by default) off. That state survives ``reset()``
+    and is keyed by code object: every compat class shares ``FunctionalOptimizer.step``, so after
+    other classes' compiles it made compat.Rprop's step compile a third, dynamic-shape graph
+    (measured: 3 graphs with it, 2 without), and it made the hparams probe's tensor kind compile
+    twice."""
+    torch._dynamo.reset()
+    pgo = torch._dynamo.config.automatic_dynamic_local_pgo
+    torch._dynamo.config.automatic_dynamic_local_pgo = False
+    try:
+        yield
+    finally:
+        torch._dynamo.config.automatic_dynamic_local_pgo = pgo
 
 
 def compile_recording(fn: Callable, info: CompileInfo, fullgraph: bool = True) -> Callable:

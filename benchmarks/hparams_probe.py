@@ -14,7 +14,7 @@ import torch
 
 import functional_optim
 
-from .candidates import CompileInfo, compile_recording
+from .candidates import CompileInfo, compile_recording, fresh_dynamo
 from .measure import _timed
 
 __all__ = ["measure"]
@@ -32,43 +32,36 @@ def _compiled_step(tx):
 def measure(factory, work, device: torch.device, reps: int, kwargs: dict) -> dict:
     """``{"float": {...}, "tensor": {...}}`` for the optimizer made by ``factory(**kwargs)``.
 
-    The kinds run one after the other, each from an empty Dynamo cache: compiled together, the
-    second would start from the first's cache entries (one code object).
+    The kinds run one after the other, each compiled as in a fresh process (:func:`fresh_dynamo`):
+    compiled together, the second would start from the first's cache entries (one code object).
     """
     tx = factory(**kwargs)
     base_lr = float(tx.hparams.lr)
-    # Dynamo's file-based profile-guided state (on by default, reread after reset()) remembers
-    # earlier compiles of the same code (this process's other blocks, earlier runs on the machine)
-    # and made the tensor kind compile twice; off here, each kind compiles as in a fresh process.
-    pgo = torch._dynamo.config.automatic_dynamic_local_pgo
-    torch._dynamo.config.automatic_dynamic_local_pgo = False
-    try:
-        return _measure(tx, base_lr, work, device, reps)
-    finally:
-        torch._dynamo.config.automatic_dynamic_local_pgo = pgo
-
-
-def _measure(tx, base_lr: float, work, device: torch.device, reps: int) -> dict:
     kinds = {"tensor": lambda lr: torch.tensor(lr, dtype=torch.float64, device=device), "float": lambda lr: lr}
     out = {}
     for kind, as_hparam in kinds.items():
-        torch._dynamo.reset()
-        fn, info = _compiled_step(tx)
-        params = [p.clone() for p in work.params]
-        run = {"params": params, "state": tx.init(params)}
-        grads = [g.clone() for g in work.grads]
-        times = []
-        for step in range(reps + 2):
-            hparams = tx.hparams._replace(lr=as_hparam(base_lr / (1 + step)))  # a new value every call
-
-            def call(hparams=hparams):
-                run["params"], run["state"] = fn(run["params"], grads, run["state"], hparams)
-
-            seconds = _timed(call, device)
-            if step == 0:
-                first_call_s = seconds
-            elif step >= 2:  # the second call is where a recompile on a changed value would happen
-                times.append(seconds)
-        out[kind] = {"graphs": info.graphs, "first_call_s": first_call_s, "median_ms": 1e3 * statistics.median(times)}
+        with fresh_dynamo():
+            out[kind] = _measure_kind(tx, base_lr, work, device, reps, as_hparam)
     torch._dynamo.reset()
     return out
+
+
+def _measure_kind(tx, base_lr: float, work, device: torch.device, reps: int, as_hparam) -> dict:
+    """One kind: a new learning rate (``as_hparam(value)``) at every call of the compiled step."""
+    fn, info = _compiled_step(tx)
+    params = [p.clone() for p in work.params]
+    run = {"params": params, "state": tx.init(params)}
+    grads = [g.clone() for g in work.grads]
+    times = []
+    for step in range(reps + 2):
+        hparams = tx.hparams._replace(lr=as_hparam(base_lr / (1 + step)))  # a new value every call
+
+        def call(hparams=hparams):
+            run["params"], run["state"] = fn(run["params"], grads, run["state"], hparams)
+
+        seconds = _timed(call, device)
+        if step == 0:
+            first_call_s = seconds
+        elif step >= 2:  # the second call is where a recompile on a changed value would happen
+            times.append(seconds)
+    return {"graphs": info.graphs, "first_call_s": first_call_s, "median_ms": 1e3 * statistics.median(times)}

@@ -26,7 +26,8 @@ from typing import Optional
 import torch
 
 from . import bitwise, compile_study, hparams_probe, registry, report, workloads
-from .candidates import FunctionalCandidate, OptimCandidate, compare_params, functional_for, optim_for
+from .candidates import (FunctionalCandidate, OptimCandidate, compare_params, fresh_dynamo, functional_for,
+                         optim_for)
 from .measure import (bandwidth, stats_ms, step_peak_bytes, store_cost, time_interleaved, timed_first_step,
                       untimed_steps)
 
@@ -223,11 +224,11 @@ def bench_block(opt, work, device, args, bw: float, notes: list) -> list:
         child_rows = compiled_steps_in_children(opt, work, device, args, notes)
     elif compiled and spec.compilable:
         for label in ("torch/compiled-step", "compat/compiled-step"):
-            torch._dynamo.reset()
-            for c in build_candidates(opt, work, device, compiled, True, False, notes, only=label):
-                untimed_steps([c], args.warmup)
-                samples.update(time_interleaved([c], args.reps, device, progress=f"    timing {label}"))
-                candidates.append(c)
+            with fresh_dynamo():
+                for c in build_candidates(opt, work, device, compiled, True, False, notes, only=label):
+                    untimed_steps([c], args.warmup)
+                    samples.update(time_interleaved([c], args.reps, device, progress=f"    timing {label}"))
+                    candidates.append(c)
     bw = max(bw, bandwidth(device, reps=5)["best"])  # re-measured next to this block's timings
     by_label = {c.label: c for c in candidates}
     if spec.beyond_torch:  # its reference package's class (absent when the package is not installed)
