@@ -171,24 +171,26 @@ def check_leaves_match(
     Raises ``ValueError`` naming the path of the first offending leaf (``paths`` may be a
     function returning them, called only then).
     """
+    def path_of(i: int) -> str:  # computed only for an error message
+        return (paths() if callable(paths) else paths)[i]
+
     for i, (p, o) in enumerate(zip(params, others)):
         if o is None:
             continue
         if (type(o) is torch.Tensor and o.dtype == p.dtype and o.device == p.device and not o.is_sparse
                 and o.shape == (p.shape if expected_shape is None else expected_shape(p))):
             continue  # the common case, checked without building a message
-        path = (paths() if callable(paths) else paths)[i]
-        if not isinstance(o, torch.Tensor):
-            raise TypeError(f"{other_name} at {path} must be a Tensor or None, got {type(o).__name__}")
-        if o.is_sparse:
+        if isinstance(o, torch.Tensor) and o.is_sparse:
             continue  # sparse gradients are checked by the optimizers that accept them
+        if not isinstance(o, torch.Tensor):
+            raise TypeError(f"{other_name} at {path_of(i)} must be a Tensor or None, got {type(o).__name__}")
         shape = p.shape if expected_shape is None else expected_shape(p)
         if o.shape != shape:
-            raise ValueError(f"{other_name} at {path} has shape {tuple(o.shape)}, expected {tuple(shape)}")
+            raise ValueError(f"{other_name} at {path_of(i)} has shape {tuple(o.shape)}, expected {tuple(shape)}")
         if o.dtype != p.dtype:
-            raise ValueError(f"{other_name} at {path} has dtype {o.dtype}, expected {p.dtype}")
+            raise ValueError(f"{other_name} at {path_of(i)} has dtype {o.dtype}, expected {p.dtype}")
         if o.device != p.device:
-            raise ValueError(f"{other_name} at {path} is on {o.device}, expected {p.device}")
+            raise ValueError(f"{other_name} at {path_of(i)} is on {o.device}, expected {p.device}")
 
 
 def check_state_like(reference: Any, state_field: Any, what: str, *, scalar: bool = False,
