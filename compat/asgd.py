@@ -10,6 +10,7 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT, _get_scalar_dtype
 
 from functional_optim import _validate
+from functional_optim._kernels.ops import nonzero
 from functional_optim.asgd import ASGD as ASGD_DEFINITION
 
 from .optimizer import FunctionalOptimizer
@@ -70,6 +71,19 @@ class ASGD(FunctionalOptimizer):
     def _host_scalars(self, group: dict) -> bool:
         # torch's ASGD reads eta, mu and step with .item() also when differentiable (not when capturable)
         return not group["capturable"]
+
+    def _loop_chunks(self, params: list, state: dict, hparams, static, host_scalars: bool) -> list:
+        """The whole group as one chunk while torch's for-loop allocates nothing per tensor: host
+        scalars, no ``maximize`` or ``weight_decay`` (each makes a new gradient) and every ``mu``
+        1 (``ax`` is copied, not averaged through a temporary; ``mu`` stays 1 until step ``t0``).
+        Then cache-sized chunks keep nothing in cache that one chunk would not, and each chunk
+        would only add the kernel's per-call cost (transformer, CPU: 1.07x torch's for-loop with
+        a chunk per tensor, 0.97x as one chunk)."""
+        ids = {id(p) for p in params}
+        if (host_scalars and not static.maximize and not nonzero(hparams.weight_decay)
+                and len(ids) == len(params) and all(mu.item() == 1 for mu in state["mu"])):
+            return [list(range(len(params)))]
+        return super()._loop_chunks(params, state, hparams, static, host_scalars)
 
     def _use_foreach(self, group: dict, params: list) -> bool:
         return default_foreach(group, params)

@@ -248,9 +248,14 @@ class FunctionalOptimizer(Optimizer):
                     host_scalars: bool) -> None:
         """torch's for-loop implementation: the kernel with :class:`LoopOps`, one chunk at a time."""
         ops = LoopOps(host_scalars=host_scalars)
-        for chunk in _cache_sized_chunks(params):
+        for chunk in self._loop_chunks(params, state, hparams, static, host_scalars):
             run_kernel(self.definition, ops, [params[i] for i in chunk], [grads[i] for i in chunk],
                        {k: [v[i] for i in chunk] for k, v in state.items()}, hparams, static)
+
+    def _loop_chunks(self, params: list, state: dict, hparams: Any, static: Any, host_scalars: bool) -> list:
+        """Index chunks the for-loop kernel runs over, one after another (:func:`_cache_sized_chunks`;
+        a subclass whose for-loop step allocates no temporaries may run the group as one chunk)."""
+        return _cache_sized_chunks(params)
 
     def _fused_group(self, params, grads, state, hparams, static) -> None:
         grad_scale = getattr(self, "grad_scale", None)

@@ -44,3 +44,41 @@ def test_eta_and_mu_follow_their_schedules():
         assert float(state.mu["w"]) == torch.tensor(1 / max(1, t - t0)).item()
         if t <= t0 + 1:  # the average used mu = 1 so far
             assert torch.equal(state.ax["w"], params["w"])
+
+
+@pytest.mark.parametrize("kwargs, one_chunk", [
+    (dict(), True),  # mu = 1: ax is copied, nothing allocated per tensor
+    (dict(t0=0.0), False),  # mu < 1 from the second step: ax averaged through a temporary
+    (dict(weight_decay=0.1), False),  # a new gradient per tensor
+    (dict(maximize=True), False),
+])
+def test_for_loop_runs_as_one_chunk_only_while_it_allocates_nothing(monkeypatch, kwargs, one_chunk):
+    """The for-loop kernel runs over the whole group at once exactly when torch's for-loop
+    allocates no per-tensor temporary; otherwise cache-sized chunks (one large tensor at a time)
+    keep the temporaries one tensor's worth, as torch's loop does. Same numbers either way."""
+    import compat.optimizer as optimizer_module
+    monkeypatch.setattr(optimizer_module, "LOOP_CHUNK_NUMEL", 4)
+    torch.manual_seed(0)
+    params = [torch.randn(6, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    reference = [p.detach().clone().requires_grad_() for p in params]
+    ours = ASGD(params, lr=0.05, foreach=False, **kwargs)
+    theirs = torch.optim.ASGD(reference, lr=0.05, foreach=False, **kwargs)
+    seen = []
+    original = ASGD._loop_chunks
+
+    def recording(self, *args):
+        seen.append(original(self, *args))
+        return seen[-1]
+
+    monkeypatch.setattr(ASGD, "_loop_chunks", recording)
+    for _ in range(3):
+        for p, q in zip(params, reference):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        ours.step()
+        theirs.step()
+    expected = [[0, 1, 2]] if one_chunk else [[0], [1], [2]]
+    assert seen[-1] == expected
+    for p, q in zip(params, reference):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+        torch.testing.assert_close(ours.state[p]["ax"], theirs.state[q]["ax"], rtol=0, atol=0)
