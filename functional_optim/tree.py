@@ -47,8 +47,53 @@ def is_empty(x: Any) -> bool:
 
 
 def flatten(tree: Any) -> tuple[list[Any], optree.PyTreeSpec]:
-    """Flatten ``tree`` keeping ``None`` and :data:`EMPTY` leaves in place."""
+    """Flatten ``tree`` keeping ``None`` and :data:`EMPTY` leaves in place.
+
+    While Dynamo traces, the spec is a :class:`TracedSpec` (see there) that only
+    :func:`unflatten` and ``num_leaves`` use."""
+    if torch.compiler.is_compiling():
+        leaves: list = []
+        _traced_leaves(tree, leaves)
+        return leaves, TracedSpec(tree, len(leaves))
     return optree.tree_flatten(tree, is_leaf=is_empty, none_is_leaf=True)
+
+
+class TracedSpec(NamedTuple):
+    """The spec :func:`flatten` returns under torch.compile: the flattened tree itself, which
+    :func:`unflatten` rebuilds around new leaves in the same order.
+
+    Dynamo runs optree's flatten through a Python polyfill, one traced call per node and a
+    ``PyTreeSpec`` built in Python: about 6 ms a leaf, where walking lists, tuples, dicts and
+    NamedTuples here costs a fraction of that (``update`` on 200 tensors flattens its trees about
+    a dozen times: most of its tracing time). Any other node type goes to optree as before.
+    """
+
+    tree: Any
+    num_leaves: int
+
+
+def _is_leaf_node(node: Any) -> bool:
+    """A leaf for :func:`flatten` that needs no lookup in optree's registry."""
+    return node is None or isinstance(node, (torch.Tensor, Empty, int, float, bool, str))
+
+
+def _is_namedtuple(node: Any) -> bool:
+    return isinstance(node, tuple) and hasattr(type(node), "_fields")
+
+
+def _traced_leaves(node: Any, out: list) -> None:
+    """Append ``node``'s leaves to ``out`` in optree's order (dict keys sorted, NamedTuple fields
+    in order), walking plain containers in Python and handing any other node to optree."""
+    if _is_leaf_node(node):
+        out.append(node)
+    elif type(node) is list or type(node) is tuple or _is_namedtuple(node):
+        for child in node:
+            _traced_leaves(child, out)
+    elif type(node) is dict:
+        for key in optree.utils.total_order_sorted(node):
+            _traced_leaves(node[key], out)
+    else:
+        out.extend(optree.tree_leaves(node, is_leaf=is_empty, none_is_leaf=True))
 
 
 def flatten_plain(tree: Any) -> tuple[list[Any], optree.PyTreeSpec]:
@@ -71,12 +116,18 @@ def flatten_like(reference_spec: optree.PyTreeSpec, reference: Any, tree: Any, r
         leaves, spec = optree.tree_flatten(tree, none_is_leaf=True)
         if spec == reference_spec:
             return leaves
-    check_same_structure(reference, tree, reference_name, tree_name)
-    return flatten(tree)[0]
+        check_same_structure(reference, tree, reference_name, tree_name)
+        return flatten(tree)[0]
+    leaves = flatten(tree)[0]  # traced: the leaf count is checked (see check_same_structure)
+    if len(leaves) != reference_spec.num_leaves:
+        raise ValueError(f"{tree_name} does not match the structure of {reference_name}")
+    return leaves
 
 
-def unflatten(spec: optree.PyTreeSpec, leaves: Sequence[Any]) -> Any:
+def unflatten(spec: optree.PyTreeSpec | TracedSpec, leaves: Sequence[Any]) -> Any:
     """Inverse of :func:`flatten`."""
+    if isinstance(spec, TracedSpec):
+        return _rebuild(spec.tree, iter(leaves))
     return optree.tree_unflatten(spec, list(leaves))
 
 
@@ -96,7 +147,14 @@ def rebuild_like(tree: Any, spec: optree.PyTreeSpec, leaves: Sequence[Any]) -> A
 
 
 def _rebuild(node: Any, remaining: Any) -> Any:
-    if node is None or is_empty(node) or optree.tree_is_leaf(node, none_is_leaf=True):
+    """``node`` with its leaves replaced, in :func:`flatten`'s order, by those of ``remaining``."""
+    if _is_leaf_node(node):
+        return next(remaining)
+    if type(node) is list or type(node) is tuple:
+        return type(node)(_rebuild(child, remaining) for child in node)
+    if _is_namedtuple(node):
+        return type(node)(*(_rebuild(child, remaining) for child in node))
+    if optree.tree_is_leaf(node, none_is_leaf=True):
         return next(remaining)
     if type(node) is dict:
         rebuilt = {key: _rebuild(node[key], remaining) for key in optree.utils.total_order_sorted(node)}

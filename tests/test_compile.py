@@ -164,3 +164,41 @@ def test_compiled_compat_for_loop_computes_the_per_parameter_scalars_once_per_gr
     assert matmuls and all(n == 2 for n in matmuls), matmuls
     for p, q in zip(params, eager_params):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)  # tensor lr under compile: float32 rounding
+
+
+def test_traced_flatten_keeps_optree_order_and_rebuilds_every_container():
+    """Under torch.compile ``tree.flatten`` walks lists, tuples, dicts (keys sorted, as optree
+    does) and NamedTuples itself; other nodes (an OrderedDict here) still go to optree. The
+    leaves come out in the eager order, ``None`` and ``EMPTY`` included, and ``unflatten``
+    rebuilds the same containers around new leaves."""
+    import collections
+
+    from functional_optim import tree
+
+    Pair = collections.namedtuple("Pair", ["second", "first"])
+    t = lambda v: torch.full((2,), float(v))  # noqa: E731
+    nested = {"b": [t(1), None, (t(2), tree.EMPTY)], "a": Pair(t(3), {"z": t(4), "y": 5.0}),
+              "c": collections.OrderedDict([("q", t(6)), ("p", t(7))])}
+    eager_leaves, eager_spec = tree.flatten(nested)
+
+    def traced(x):
+        leaves, spec = tree.flatten(x)
+        assert spec.num_leaves == len(leaves)
+        doubled = [leaf * 2 if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves]
+        return leaves, tree.unflatten(spec, doubled)
+
+    leaves, rebuilt = torch.compile(traced, backend="eager", fullgraph=True)(nested)
+
+    def same(got, want):
+        if isinstance(want, torch.Tensor):
+            return isinstance(got, torch.Tensor) and torch.equal(got, want)
+        return type(got) is type(want) and got == want
+
+    assert len(leaves) == len(eager_leaves) == 9
+    assert all(same(got, want) for got, want in zip(leaves, eager_leaves))
+    expected = tree.unflatten(eager_spec, [x * 2 if isinstance(x, torch.Tensor) else x for x in eager_leaves])
+    rebuilt_leaves, rebuilt_spec = tree.flatten(rebuilt)
+    assert rebuilt_spec == eager_spec
+    assert type(rebuilt["a"]) is Pair and type(rebuilt["c"]) is collections.OrderedDict
+    assert list(rebuilt) == list(nested) and list(rebuilt["c"]) == ["q", "p"]
+    assert all(same(got, want) for got, want in zip(rebuilt_leaves, tree.flatten(expected)[0]))
