@@ -2,8 +2,14 @@
 
 The step ``update + apply_updates`` is compiled once per kind; each call gets a new learning rate
 (a schedule), as a Python float or as a 0-d tensor. Reported per kind: the graphs Inductor
-compiled over all calls (1 means changing the value never recompiled), the first call's time, and
-the median step time of the calls after it.
+compiled over all calls, how many of them the first call compiled, the recompiles (graphs compiled
+by the calls after the first: 0 means changing the value never recompiled), the first call's time,
+and the median step time of the calls after it.
+
+The first call may compile twice without a recompile: with a cold Inductor cache, Dynamo (torch
+2.13) restarts its analysis once for a 0-d CPU tensor input (it gives the tensor's ``item()`` a
+symbol, which its float-tensorify pass then specializes: "Restarting analysis due to
+_tensorify_python_scalars.py"), so the tensor kind counts 2 graphs, both at the first call.
 """
 
 from __future__ import annotations
@@ -61,7 +67,9 @@ def _measure_kind(tx, base_lr: float, work, device: torch.device, reps: int, as_
 
         seconds = _timed(call, device)
         if step == 0:
-            first_call_s = seconds
+            first_call_s, first_call_graphs = seconds, info.graphs
         elif step >= 2:  # the second call is where a recompile on a changed value would happen
             times.append(seconds)
-    return {"graphs": info.graphs, "first_call_s": first_call_s, "median_ms": 1e3 * statistics.median(times)}
+    return {"graphs": info.graphs, "first_call_graphs": first_call_graphs,
+            "recompiles": info.graphs - first_call_graphs, "first_call_s": first_call_s,
+            "median_ms": 1e3 * statistics.median(times)}

@@ -152,3 +152,35 @@ def test_file_stem_names_the_group_and_the_name_option():
     assert report.file_stem({"machine": machine, "args": {"group": "all", "quick": True}}) == "cpu-quick"
     assert report.file_stem({"machine": machine, "args": {"name": "mine"}}) == "mine"
     assert _args("--beyond-torch").group == "beyond-torch" and _args().group == "all"
+
+
+def _hparams_kind(ms: float, first_call: int, recompiles: int) -> dict:
+    return {"median_ms": ms, "graphs": first_call + recompiles, "first_call_graphs": first_call,
+            "recompiles": recompiles, "first_call_s": 1.0}
+
+
+@pytest.mark.parametrize("float_kind, tensor_kind, met", [
+    # Dynamo's restart at the first call (2 graphs, none after) is not a recompile on a new value
+    ((1, 0), (2, 0), True),
+    ((1, 1), (1, 0), False),  # the float kind recompiled when the value changed
+    ((1, 0), (1, 1), False),
+])
+def test_hparams_target_counts_recompiles_after_the_first_call(float_kind, tensor_kind, met):
+    result = {"machine": {"device": "cpu"}, "rows": [],
+              "hparams_probe": {"transformer": {"float": _hparams_kind(10.0, *float_kind),
+                                                "tensor": _hparams_kind(10.3, *tensor_kind)}}}
+    (line,) = [row for row in report.targets_section(result).splitlines() if row.startswith("| 3.")]
+    assert line.endswith("| met |") == met, line
+    assert f"tensor 10.3 ms ({tensor_kind[0]} graph(s) at the first call, {tensor_kind[1]} recompile(s) after)" in line
+
+
+def test_hparams_probe_splits_first_call_graphs_from_recompiles():
+    """A changing tensor lr compiles only at the first call; a changing float lr recompiles once
+    (Dynamo specializes the float first, then makes it dynamic)."""
+    from benchmarks import hparams_probe
+
+    import functional_optim as fo
+
+    out = hparams_probe.measure(fo.sgd, _tiny(), torch.device("cpu"), reps=2, kwargs={"lr": 0.1})
+    assert out["tensor"]["recompiles"] == 0 and out["tensor"]["first_call_graphs"] >= 1
+    assert out["float"]["graphs"] == out["float"]["first_call_graphs"] + out["float"]["recompiles"]
