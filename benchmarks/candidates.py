@@ -44,7 +44,9 @@ def fresh_dynamo():
     and is keyed by code object: every compat class shares ``FunctionalOptimizer.step``, so after
     other classes' compiles it made compat.Rprop's step compile a third, dynamic-shape graph in a
     probe (3 graphs with it, 2 without), and it made the hparams probe's tensor kind compile
-    twice. (A full benchmark run still counts 3 for compat.Rprop with it off: not isolated.)"""
+    twice. (A full benchmark run still counts 3 for compat.Rprop with it off: its second compile
+    runs twice, a restart of Dynamo's float-tensorify pass for the float ``lr`` the step does not
+    use, which the README describes.)"""
     torch._dynamo.reset()
     pgo = torch._dynamo.config.automatic_dynamic_local_pgo
     torch._dynamo.config.automatic_dynamic_local_pgo = False
