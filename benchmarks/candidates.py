@@ -43,10 +43,10 @@ def fresh_dynamo():
     state (``automatic_dynamic_local_pgo``, on by default) off. That state survives ``reset()``
     and is keyed by code object: every compat class shares ``FunctionalOptimizer.step``, so after
     other classes' compiles it made compat.Rprop's step compile a third, dynamic-shape graph in a
-    probe (3 graphs with it, 2 without), and it made the hparams probe's tensor kind compile
-    twice. (A full benchmark run still counts 3 for compat.Rprop with it off: its second compile
-    runs twice, a restart of Dynamo's float-tensorify pass for the float ``lr`` the step does not
-    use, which the README describes.)"""
+    probe (3 graphs with it, 2 without). Two double compiles remain with it off, both restarts of
+    Dynamo's float-tensorify pass, not recompiles (see the README): compat.Rprop's second compile
+    (a dynamic float ``lr`` its step does not use) and, with a cold Inductor cache, the hparams
+    probe's first call with a 0-d CPU tensor ``lr``."""
     torch._dynamo.reset()
     pgo = torch._dynamo.config.automatic_dynamic_local_pgo
     torch._dynamo.config.automatic_dynamic_local_pgo = False
