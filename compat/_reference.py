@@ -101,12 +101,12 @@ class ReferenceOptimizer(TransformationOptimizer):
             for index, group in enumerate(self.param_groups):
                 if group["params"] and all(p.grad is None for p in group["params"]):
                     self._advance_count(index, list(group["params"]))
-        # TransformationOptimizer.step without torch's step hooks: once an instance of it exists,
-        # torch has wrapped it with the hook runner, and this class's own step already runs them
-        base = TransformationOptimizer.__dict__["step"]
-        if getattr(base, "hooked", False):
-            base = base.__wrapped__
-        base(self)
+        # TransformationOptimizer's step without torch's step hooks (this class's own step runs
+        # them), called directly: reaching it through the hook wrapper's ``__wrapped__`` broke
+        # Dynamo's graph there, and the frame before the break, which reads a scheduler's float
+        # ``lr`` without using it, made Dynamo's float-tensorify pass specialize ``lr`` for the
+        # frame after it too (one graph per lr: compat.Lamb)
+        self._apply_step()
 
     def _advance_count(self, index: int, params: list) -> None:
         """A group without gradients: the reference still counts the step (``group["step"] += 1``)."""

@@ -15,6 +15,7 @@ from functional_optim.scaling import scale_by_adam, scale_by_trust_ratio
 from functional_optim.transforms import add_decayed_weights, flip_sign, scale, scale_by_learning_rate
 
 from ._reference import ReferenceOptimizer, check_extra, check_lr
+from .optimizer import traceable_float
 
 __all__ = ["Lamb", "pytorch_optimizer_lamb"]
 
@@ -148,9 +149,13 @@ class Lamb(ReferenceOptimizer):
     def _translate(self, group: dict) -> dict:
         b1, b2 = group["betas"]
         lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
+        if torch.compiler.is_compiling() and not isinstance(lr, torch.Tensor):
+            # a scheduler's float lr as a tensor before any arithmetic on it: Dynamo's float-tensorify
+            # pass specializes a symbolic ``1 - wd * lr`` (one graph per lr; see traceable_float)
+            lr = traceable_float(lr)
         flags = self._flags
         values = {"lr": lr, "adam.b1": b1, "adam.b2": b2, "adam.eps": eps,
-                  "debias.step_size": 1.0 / (1.0 - math.pow(b1, group["step"]))}
+                  "debias.step_size": _debias_step_size(b1, group["step"])}
         if flags["pre_norm"]:
             values["pre_norm.step_size"] = self._pre_norm_factor
         if not flags["grad_averaging"]:
@@ -190,3 +195,16 @@ class Lamb(ReferenceOptimizer):
             group["step"] = group.get("step", 0) + 1
         super().step()
         return loss
+
+
+def _debias_step_size(beta1: float, step: int) -> Any:
+    """``1 / (1 - beta1^step)``, pytorch_optimizer's bias correction of the first moment.
+
+    Eagerly with ``math.pow`` on the host, as pytorch_optimizer computes it. Under torch.compile
+    the group's ``step`` count changes at every call: ``math.pow`` would specialize it, one graph
+    per step (measured: 10 graphs in 8 steps), so it enters as a float64 0-d tensor
+    (:func:`~compat.optimizer.traceable_float`), which Dynamo keeps symbolic after its first change.
+    """
+    if torch.compiler.is_compiling():
+        return 1.0 / (1.0 - beta1 ** traceable_float(step))
+    return 1.0 / (1.0 - math.pow(beta1, step))

@@ -34,7 +34,7 @@ from torch.optim.optimizer import (
 
 from functional_optim._definition import OptimizerDefinition, run_kernel
 from functional_optim._kernels.ops import ForeachOps, LoopOps
-from functional_optim._validate import squeeze_scalar
+from functional_optim._validate import float64_scalar, squeeze_scalar
 
 from . import convert
 
@@ -57,8 +57,9 @@ def traceable_float(value: float) -> Tensor:
     at every new ``lr`` (measured: SGD, RMSprop, Adadelta, Adafactor and foreach Adam, one graph
     per step; torch's own compiled SGD, RMSprop and Adadelta do the same). ``ones * lr`` is exact and
     stays symbolic, and the kernels take a tensor ``lr`` as torch's capturable code does, so the
-    compiled step has one graph for every ``lr``. Eager steps are unchanged."""
-    return torch.ones((), dtype=torch.float64) * value
+    compiled step has one graph for every ``lr``. Eager steps are unchanged
+    (:func:`functional_optim._validate.float64_scalar`)."""
+    return float64_scalar(value)
 
 
 class FunctionalOptimizer(Optimizer):

@@ -7,6 +7,7 @@ from typing import Callable, Optional
 import torch
 from torch.optim.optimizer import Optimizer, ParamsT
 
+from functional_optim import _validate
 from functional_optim.prodigy import _LeafHP, _prodigy_math, _sliced, check_prodigy_args
 
 __all__ = ["Prodigy"]
@@ -93,7 +94,7 @@ class Prodigy(Optimizer):
         if not params:
             return loss
         dev = params[0].device
-        f64 = lambda x: torch.tensor(x, dtype=torch.float64, device=dev)  # noqa: E731
+        f64 = lambda x: _validate.float64_scalar(x, dev)  # noqa: E731
         st = [self.state[p] for p in params]
         out = _prodigy_math(
             grads, params, [x["exp_avg"] for x in st] if has_exp_avg else None, [x["exp_avg_sq"] for x in st],

@@ -162,12 +162,14 @@ class TransformationOptimizer(Optimizer):
     def _step_hparams(self, group: dict) -> Any:
         """:meth:`_hparams` for a step: under torch.compile every Python-float hyperparameter
         as a 0-d tensor (:func:`compat.optimizer.traceable_float`: a scheduler's changing float
-        would otherwise be specialized, recompiling the step at every new value)."""
+        would otherwise be specialized, recompiling the step at every new value). That includes a
+        symbolic float Dynamo made of host arithmetic on a changing ``lr`` (Lamb's
+        ``1 - weight_decay * lr``): left as it is, Dynamo's float-tensorify pass specializes it."""
         hparams = self._hparams(group)
         if not torch.compiler.is_compiling():
             return hparams
-        return optree.tree_map(lambda x: traceable_float(x) if isinstance(x, float) else x, hparams,
-                               none_is_leaf=True)
+        return optree.tree_map(lambda x: traceable_float(x) if isinstance(x, (float, torch.SymFloat)) else x,
+                               hparams, none_is_leaf=True)
 
     def __getstate__(self) -> dict:
         """torch's state (``defaults``, ``state``, ``param_groups``) plus this object's own
@@ -212,6 +214,11 @@ class TransformationOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._apply_step()
+        return loss
+
+    def _apply_step(self) -> None:
+        """The step on the current gradients (after the closure), without torch's step hooks."""
         check_grad_shapes(self)
         for index, group in enumerate(self.param_groups):
             params = list(group["params"])
@@ -232,7 +239,6 @@ class TransformationOptimizer(Optimizer):
                 if u is not None:
                     p.add_(u.to(p.dtype))
             self._write(params, layout, state)
-        return loss
 
     def _add_stochastically(self, index: int, group: dict, params: list, updates: list) -> list:
         """Write ``p + u`` stochastically rounded into each bfloat16 parameter (this group's next key);

@@ -70,6 +70,20 @@ def squeeze_scalar(x: Any) -> Any:
     return x
 
 
+def float64_scalar(value: Any, device: Any = None) -> torch.Tensor:
+    """``value`` (a number, a symbolic float, or a tensor) as a 0-d float64 tensor on ``device``.
+
+    Under torch.compile a Python float that changes between calls (a scheduler's ``lr``, a
+    statistic kept as a float in ``param_groups``) is specialized by ``torch.tensor``/``as_tensor``
+    (one graph per value); ``ones * value`` is exact and Dynamo keeps it symbolic after its first
+    change. Eagerly, and for tensors, ``torch.as_tensor``.
+    """
+    if torch.compiler.is_compiling() and isinstance(value, (float, int, torch.SymFloat, torch.SymInt)) \
+            and not isinstance(value, bool):
+        return torch.ones((), dtype=torch.float64, device=device) * value
+    return torch.as_tensor(value, dtype=torch.float64, device=device)
+
+
 def scalar_hparam(value: Any, where: str) -> Any:
     """One hyperparameter as the math needs it: a number, or a 0-d tensor.
 

@@ -120,7 +120,7 @@ def _prodigy_math(grads: Sequence[Optional[Tensor]], params: Sequence[Tensor], e
     change (the moments do, as in the reference). Nothing is read back to the host.
     """
     dev = d.device
-    f64 = lambda x: torch.as_tensor(x, dtype=torch.float64, device=dev)  # noqa: E731
+    f64 = lambda x: _validate.float64_scalar(x, dev)  # noqa: E731
     lr_t = f64(lr)
     b1, b2 = f64(betas[0]), f64(betas[1])
     b3 = torch.sqrt(b2) if beta3 is None else f64(beta3)
