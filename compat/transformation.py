@@ -76,6 +76,7 @@ class _Layout(NamedTuple):
     n_params: int
     spec: optree.PyTreeSpec
     slots: list  # one per leaf: a _Slot, or None for a leaf that is always None
+    skeleton: Any  # the state's containers with every leaf None (rebuilt by _refill under compile)
 
 
 def _leaves(tree: Any) -> list:
@@ -108,7 +109,44 @@ def _layout(template: Any, n_params: int) -> _Layout:
                 parts.append(_entry_name(entry))
             node = entry(node)
         slots.append(_Slot(index, ".".join(parts) or "state"))
-    return _Layout(n_params, spec, slots)
+    return _Layout(n_params, spec, slots, _skeleton(template))
+
+
+def _skeleton(node: Any) -> Any:
+    """``node``'s containers with every leaf ``None`` (no tensor kept alive), walked in Python:
+    under torch.compile, unflattening a spec around constant leaves is what Dynamo's optree
+    polyfill gets wrong (see :func:`_refill`)."""
+    kind = type(node)
+    if kind is list or kind is tuple:
+        return kind(_skeleton(child) for child in node)
+    if isinstance(node, tuple) and hasattr(kind, "_fields"):
+        return kind(*(_skeleton(child) for child in node))
+    if kind is dict:
+        return {key: _skeleton(value) for key, value in node.items()}
+    if node is None or isinstance(node, Tensor) or optree.tree_is_leaf(node, none_is_leaf=True):
+        return None
+    return node  # another container type: kept as it is (_refill hands it to optree)
+
+
+def _refill(node: Any, leaves: Any) -> Any:
+    """``node`` (a :class:`_Layout` skeleton) with its leaves, in :func:`_layout`'s order, taken from
+    the iterator ``leaves``: what ``optree.tree_unflatten(layout.spec, ...)`` gives, built without
+    the spec. A layout made while Dynamo (torch 2.13) traced holds a spec of its optree polyfill,
+    whose dict unflatten fails (``ValueError: length mismatch``), also after the compiled frame
+    (compat.SophiaH estimating its Hessian from ``backward(create_graph=True)``, whose step
+    breaks the graph between making a layout and reading it)."""
+    if node is None:
+        return next(leaves)
+    kind = type(node)
+    if kind is list or kind is tuple:
+        return kind(_refill(child, leaves) for child in node)
+    if isinstance(node, tuple) and hasattr(kind, "_fields"):  # a NamedTuple (an empty one has no leaves)
+        return kind(*(_refill(child, leaves) for child in node))
+    if kind is dict:
+        rebuilt = {key: _refill(node[key], leaves) for key in optree.utils.total_order_sorted(node)}
+        return {key: rebuilt[key] for key in node}
+    spec = optree.tree_structure(node, none_is_leaf=True)
+    return optree.tree_unflatten(spec, [next(leaves) for _ in range(spec.num_leaves)])
 
 
 def _torch_managed(attribute: str) -> bool:
@@ -188,6 +226,9 @@ class TransformationOptimizer(Optimizer):
     def _read(self, params: list, layout: _Layout) -> Any:
         leaves = [None if s is None else self.state[params[0 if s.param_index is None else s.param_index]][s.key]
                   for s in layout.slots]
+        if torch.compiler.is_compiling() or not isinstance(layout.spec, optree.PyTreeSpec):
+            # (a layout made while Dynamo traced holds its polyfill's spec, which unflattens wrongly)
+            return _refill(layout.skeleton, iter(leaves))
         return optree.tree_unflatten(layout.spec, leaves)
 
     def _write(self, params: list, layout: _Layout, state: Any) -> None:

@@ -609,3 +609,31 @@ def test_step_errors_change_nothing():
     s.grad = torch.zeros(3).to_sparse()
     with pytest.raises(RuntimeError, match="SophiaH does not support sparse gradient"):
         SophiaH([s]).step()
+
+
+def test_compiled_compat_step_with_create_graph_hessian_matches_eager():
+    """``torch.compile(opt.step)`` with the Hessian estimated from ``backward(create_graph=True)``,
+    then the same optimizer stepped eagerly (as after Dynamo's recompile limit, or outside the
+    compiled loop). Its step breaks Dynamo's graph where it makes a state layout, and a layout
+    made while tracing held a spec of Dynamo's optree polyfill, which then failed to unflatten the
+    state (``ValueError: length mismatch``); the state is now rebuilt without that spec. Same
+    numbers as the eager steps throughout."""
+    def run(compiled_steps):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+        opt = SophiaH(model.parameters(), lr=0.01, update_period=3)
+        compiled = torch.compile(opt.step, backend="aot_eager")
+        gen = torch.Generator().manual_seed(1)
+        for i in range(6):
+            x = torch.randn(8, 3, generator=gen)
+            opt.zero_grad()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # create_graph's reference-cycle warning
+                model(x).pow(2).mean().backward(create_graph=True)
+            (compiled if i < compiled_steps else opt.step)()
+        torch._dynamo.reset()
+        return [p.detach().clone() for p in model.parameters()]
+
+    for got, want in zip(run(compiled_steps=3), run(compiled_steps=0)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
