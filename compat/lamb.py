@@ -149,10 +149,6 @@ class Lamb(ReferenceOptimizer):
     def _translate(self, group: dict) -> dict:
         b1, b2 = group["betas"]
         lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
-        if torch.compiler.is_compiling() and not isinstance(lr, torch.Tensor):
-            # a scheduler's float lr as a tensor before any arithmetic on it: Dynamo's float-tensorify
-            # pass specializes a symbolic ``1 - wd * lr`` (one graph per lr; see traceable_float)
-            lr = traceable_float(lr)
         flags = self._flags
         values = {"lr": lr, "adam.b1": b1, "adam.b2": b2, "adam.eps": eps,
                   "debias.step_size": _debias_step_size(b1, group["step"])}

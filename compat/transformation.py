@@ -200,14 +200,12 @@ class TransformationOptimizer(Optimizer):
     def _step_hparams(self, group: dict) -> Any:
         """:meth:`_hparams` for a step: under torch.compile every Python-float hyperparameter
         as a 0-d tensor (:func:`compat.optimizer.traceable_float`: a scheduler's changing float
-        would otherwise be specialized, recompiling the step at every new value). That includes a
-        symbolic float Dynamo made of host arithmetic on a changing ``lr`` (Lamb's
-        ``1 - weight_decay * lr``): left as it is, Dynamo's float-tensorify pass specializes it."""
+        would otherwise be specialized, recompiling the step at every new value)."""
         hparams = self._hparams(group)
         if not torch.compiler.is_compiling():
             return hparams
-        return optree.tree_map(lambda x: traceable_float(x) if isinstance(x, (float, torch.SymFloat)) else x,
-                               hparams, none_is_leaf=True)
+        return optree.tree_map(lambda x: traceable_float(x) if isinstance(x, float) else x, hparams,
+                               none_is_leaf=True)
 
     def __getstate__(self) -> dict:
         """torch's state (``defaults``, ``state``, ``param_groups``) plus this object's own
