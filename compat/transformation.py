@@ -56,7 +56,7 @@ from functional_optim import _validate
 from functional_optim.base import GradientTransformation, apply_updates
 from functional_optim.inject import named_hparams, replace_hparams
 from functional_optim.rounding import fold_in
-from functional_optim.tree import flatten
+from functional_optim.tree import _is_namedtuple, flatten
 
 from .optimizer import check_grad_shapes, traceable_float
 
@@ -119,7 +119,7 @@ def _skeleton(node: Any) -> Any:
     kind = type(node)
     if kind is list or kind is tuple:
         return kind(_skeleton(child) for child in node)
-    if isinstance(node, tuple) and hasattr(kind, "_fields"):
+    if _is_namedtuple(node):
         return kind(*(_skeleton(child) for child in node))
     if kind is dict:
         return {key: _skeleton(value) for key, value in node.items()}
@@ -140,7 +140,7 @@ def _refill(node: Any, leaves: Any) -> Any:
     kind = type(node)
     if kind is list or kind is tuple:
         return kind(_refill(child, leaves) for child in node)
-    if isinstance(node, tuple) and hasattr(kind, "_fields"):  # a NamedTuple (an empty one has no leaves)
+    if _is_namedtuple(node):  # (an empty one has no leaves)
         return kind(*(_refill(child, leaves) for child in node))
     if kind is dict:
         rebuilt = {key: _refill(node[key], leaves) for key in optree.utils.total_order_sorted(node)}
