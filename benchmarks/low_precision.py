@@ -296,20 +296,9 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "low_precision-cpu.md"))
     args = parser.parse_args(argv)
-    from .run import machine_info  # the suite's record of the machine (date, torch, CPU, threads)
+    from .run import write_study  # the suite's record of the machine (date, torch, CPU, threads)
 
-    meta = machine_info(torch.device("cpu"))
-    start = time.perf_counter()
-    result = measure(args.steps, lr=args.lr)
-    meta["wall_s"] = time.perf_counter() - start
-    meta["loadavg_end"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
-    command = ".venv/bin/python -m benchmarks.low_precision" + "".join(f" {a}" for a in (argv or sys.argv[1:]))
-    text = markdown(result, meta, command)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(text)
-    print(text)
-    return 0
+    return write_study("low_precision", argv, args.out, lambda: measure(args.steps, lr=args.lr), markdown)
 
 
 if __name__ == "__main__":

@@ -21,9 +21,12 @@ import platform
 import sys
 import tempfile
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
+
+import functional_optim
+import functional_optim.cpu_memory
 
 from . import bitwise, compile_study, hparams_probe, registry, report, workloads
 from .candidates import (FunctionalCandidate, OptimCandidate, compare_params, fresh_dynamo, functional_for,
@@ -75,6 +78,24 @@ def machine_info(device: torch.device) -> dict:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
+
+
+def write_study(module: str, argv: Optional[list], out: str, measure: Callable[[], dict],
+                markdown: Callable[[dict, dict, str], str]) -> int:
+    """Run a study module's ``measure()`` on the CPU and write ``markdown(result, machine, command)``
+    to ``out`` (and print it); the machine record gains the wall time and the closing load average."""
+    meta = machine_info(torch.device("cpu"))
+    start = time.perf_counter()
+    result = measure()
+    meta["wall_s"] = time.perf_counter() - start
+    meta["loadavg_end"] = _loadavg()
+    command = f".venv/bin/python -m benchmarks.{module}" + "".join(f" {a}" for a in (argv or sys.argv[1:]))
+    text = markdown(result, meta, command)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        f.write(text)
+    print(text)
+    return 0
 
 
 def build_candidates(opt: registry.Available, work: workloads.Workload, device: torch.device, compiled: bool,
@@ -262,6 +283,17 @@ def bench_block(opt, work, device, args, bw: float, notes: list) -> list:
     return rows + [{**common, **r} for r in child_rows]
 
 
+def keep_cpu_memory_note() -> str:
+    """Apply :func:`functional_optim.keep_cpu_memory` here and in child processes; the report's note."""
+    if not functional_optim.keep_cpu_memory():
+        return "--keep-cpu-memory had no effect: this process does not run on glibc"
+    largest = str(functional_optim.cpu_memory.LARGEST_THRESHOLD)
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = os.environ["MALLOC_TRIM_THRESHOLD_"] = largest
+    return ("malloc keeps freed memory (`--keep-cpu-memory`: `functional_optim.keep_cpu_memory()`, and "
+            f"MALLOC_MMAP_THRESHOLD_=MALLOC_TRIM_THRESHOLD_={largest} in child processes): every path, torch's "
+            "included, runs with it")
+
+
 def parse_args(argv: Optional[list]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
@@ -291,6 +323,9 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
     parser.add_argument("--compile-timeout", type=float, default=600,
                         help="seconds before a compile-study child, or a child compiling the step of an optimizer "
                              "beyond torch.optim, is killed and reported as timed out (default 600)")
+    parser.add_argument("--keep-cpu-memory", action="store_true",
+                        help="call functional_optim.keep_cpu_memory() first (glibc keeps freed memory for reuse; "
+                             "child processes get the same settings through MALLOC_*_THRESHOLD_)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
                         help="directory of the report (default benchmarks/results)")
     parser.add_argument("--name", help="file name of the report without extension (default: <device>, then "
@@ -319,6 +354,8 @@ def main(argv: Optional[list] = None) -> None:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="fo_bench_inductor_")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     notes: list = []
+    if args.keep_cpu_memory:
+        notes.append(keep_cpu_memory_note())
     if args.large:
         if device.type == "cuda":
             args.workloads.append("large")

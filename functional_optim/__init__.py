@@ -75,6 +75,7 @@ from .combine import (
 )
 from .flat import FlatLayout
 from .inplace import step_
+from .cpu_memory import keep_cpu_memory
 from .inject import InjectHyperparamsState, inject_hyperparams, named_hparams, replace_hparams
 from .schedules import (
     constant_schedule,
@@ -352,6 +353,7 @@ __all__ = [
     "EMPTY",
     "FlatLayout",
     "step_",
+    "keep_cpu_memory",
     "Empty",
     "AutogradChainWarning",
 ]

@@ -184,3 +184,14 @@ def test_hparams_probe_splits_first_call_graphs_from_recompiles():
     out = hparams_probe.measure(fo.sgd, _tiny(), torch.device("cpu"), reps=2, kwargs={"lr": 0.1})
     assert out["tensor"]["recompiles"] == 0 and out["tensor"]["first_call_graphs"] >= 1
     assert out["float"]["graphs"] == out["float"]["first_call_graphs"] + out["float"]["recompiles"]
+
+
+@pytest.mark.parametrize("mode,chunk,lists,counters", [("opaque", 3, 1, False), ("opaque", 0, 2, True),
+                                                     ("traced", 0, 2, True)])
+def test_compile_floor_steps_compute_the_eager_step(mode, chunk, lists, counters):
+    from benchmarks import compile_floor
+
+    result = compile_floor.measure(8, chunk, mode, reps=1, lists=lists, counters=counters)
+    assert result["graph_inputs"] == 8 * (2 + lists + counters) + 1
+    assert result["first_call_s"] >= 0 and result["step_ms"] > 0
+    assert result["max_abs_diff"] < 1e-6
