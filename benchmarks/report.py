@@ -239,7 +239,9 @@ def targets_section(result: dict) -> str:
     body.append(["7. compat ≤ 1.05× torch, same implementation", f"above: {_cells(bad)}", _verdict(bad, bool(same))])
     return ("## Targets (issue 10)\n\n"
             "Each target evaluated from this run's medians (ratios of implementations timed interleaved in the "
-            "same block). CUDA targets need a CUDA run; a CPU report says which it cannot show.\n\n"
+            "same block). CUDA targets need a CUDA run; a CPU report says which it cannot show. The measured "
+            "cause of each target not met, and what would remove it: README.md, *Performance*, *Where the "
+            "targets are not met, and the measured cause*.\n\n"
             + _table(["target", "measured", "result"], body))
 
 
