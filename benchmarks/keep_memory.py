@@ -1,6 +1,6 @@
 """The pure eager and compiled steps with glibc's default malloc settings and with ``fo.keep_cpu_memory()``.
 
-    .venv/bin/python -m benchmarks.keep_memory      # ~10 min on 2 CPU cores
+    .venv/bin/python -m benchmarks.keep_memory      # ~3 min on 2 CPU cores
 
 A pure step writes its results to new tensors, and with glibc's default settings the memory of the
 tensors freed by the previous step goes back to the kernel, so the new ones lie on fresh pages that

@@ -25,8 +25,7 @@ from typing import Callable, Optional
 
 import torch
 
-import functional_optim
-import functional_optim.cpu_memory
+import functional_optim.cpu_memory  # also binds functional_optim
 
 from . import bitwise, compile_study, hparams_probe, registry, report, workloads
 from .candidates import (FunctionalCandidate, OptimCandidate, compare_params, fresh_dynamo, functional_for,
