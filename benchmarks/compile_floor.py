@@ -13,7 +13,7 @@ The mode ``traced`` writes the same math as per-leaf tensor ops for Inductor to 
 
     .venv/bin/python -m benchmarks.compile_floor --leaves 1000 --chunk 100 --lists 2 --counters
 
-Run it with a fresh ``TORCHINDUCTOR_CACHE_DIR`` for cold figures (``run`` does that for you).
+Cold figures need a fresh ``TORCHINDUCTOR_CACHE_DIR``: ``main`` makes one when the variable is unset.
 """
 
 from __future__ import annotations
