@@ -286,11 +286,11 @@ def keep_cpu_memory_note() -> str:
     """Apply :func:`functional_optim.keep_cpu_memory` here and in child processes; the report's note."""
     if not functional_optim.keep_cpu_memory():
         return "--keep-cpu-memory had no effect: this process does not run on glibc"
-    largest = str(functional_optim.cpu_memory.LARGEST_THRESHOLD)
-    os.environ["MALLOC_MMAP_THRESHOLD_"] = os.environ["MALLOC_TRIM_THRESHOLD_"] = largest
+    environment = functional_optim.cpu_memory.ENVIRONMENT
+    os.environ.update(environment)
+    settings = " ".join(f"{name}={value}" for name, value in environment.items())
     return ("malloc keeps freed memory (`--keep-cpu-memory`: `functional_optim.keep_cpu_memory()`, and "
-            f"MALLOC_MMAP_THRESHOLD_=MALLOC_TRIM_THRESHOLD_={largest} in child processes): every path, torch's "
-            "included, runs with it")
+            f"{settings} in child processes): every path, torch's included, runs with it")
 
 
 def parse_args(argv: Optional[list]) -> argparse.Namespace:

@@ -41,8 +41,8 @@ _PROBE = textwrap.dedent("""
 
 def _run_probe() -> list:
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.pop("MALLOC_MMAP_THRESHOLD_", None)
-    env.pop("MALLOC_TRIM_THRESHOLD_", None)
+    for name in cpu_memory.ENVIRONMENT:
+        env.pop(name, None)
     out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, timeout=120,
                          check=True)
     return out.stdout.split()
