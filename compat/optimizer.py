@@ -62,6 +62,22 @@ def traceable_float(value: float) -> Tensor:
     return float64_scalar(value)
 
 
+#: The hyperparameters torch's LR schedulers change between steps: ``lr`` (every scheduler) and
+#: the first of ``betas`` or ``momentum`` (``OneCycleLR``, and ``CyclicLR`` with ``cycle_momentum``).
+#: Under torch.compile a compat step takes their float values as tensors, so that a scheduler's new
+#: value does not recompile the step.
+SCHEDULED_HPARAMS = ("lr", "betas", "momentum")
+
+
+def scheduled_as_tensors(value: Any) -> Any:
+    """A scheduled hyperparameter for a compiled step: a float as :func:`traceable_float`, each
+    float of a tuple (``betas``) likewise; tensors (and ints) as they are. Whether a group has
+    momentum at all is read from the group itself (its static choices), not from this value."""
+    if isinstance(value, tuple):
+        return tuple(scheduled_as_tensors(v) for v in value)
+    return traceable_float(value) if isinstance(value, float) else value
+
+
 class FunctionalOptimizer(Optimizer):
     """``torch.optim.Optimizer`` whose ``step`` runs a functional optimizer's kernel in place."""
 
@@ -89,14 +105,17 @@ class FunctionalOptimizer(Optimizer):
         return self.definition.hparams_type(**values)
 
     def _step_hparams(self, group: dict) -> Any:
-        """:meth:`_hparams` for a step: under torch.compile a float ``lr`` as a tensor (see
-        :func:`traceable_float`). Only ``lr``: the kernels branch on the other hyperparameters
-        being numbers (``weight_decay == 0`` skips the decay, betas enter host-side step sizes); a
-        scheduler that cycles float ``betas``/``momentum`` (``OneCycleLR``) still recompiles."""
+        """:meth:`_hparams` for a step: under torch.compile the Python-float hyperparameters that
+        torch's schedulers change as tensors (see :func:`traceable_float` and
+        :data:`SCHEDULED_HPARAMS`). Only those: the kernels branch on the other hyperparameters
+        being numbers (``weight_decay == 0`` skips the decay). A fused group keeps its floats, as
+        torch's does: its kernels take ``betas`` and ``momentum`` as numbers only, and their
+        tensor-``lr`` overloads have no fake implementation to trace with on the CPU."""
         hparams = self._hparams(group)
-        if torch.compiler.is_compiling() and isinstance(getattr(hparams, "lr", None), float):
-            hparams = hparams._replace(lr=traceable_float(hparams.lr))
-        return hparams
+        if not torch.compiler.is_compiling() or group.get("fused"):
+            return hparams
+        return hparams._replace(**{name: scheduled_as_tensors(getattr(hparams, name))
+                                   for name in SCHEDULED_HPARAMS if name in hparams._fields})
 
     def _static(self, group: dict) -> Any:
         return self.definition.static_type(**{f: group[f] for f in self.definition.static_type._fields})

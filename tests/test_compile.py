@@ -97,13 +97,24 @@ def test_compiled_compat_step_with_scheduler_matches_eager(entry):
 
 
 
+def _float_scheduler(opt):
+    """A scheduler that changes every float hyperparameter torch's schedulers touch: ``OneCycleLR``
+    (``lr``, and the first of ``betas`` or ``momentum``) where the optimizer has one of those, else
+    ``StepLR`` (``lr`` only)."""
+    if any(k in opt.defaults for k in ("betas", "momentum")):
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=20)
+    return torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.9)
+
+
 @pytest.mark.parametrize("foreach", [False, True], ids=["for-loop", "foreach"])
 @pytest.mark.parametrize("entry", OPTIMIZERS, ids=IDS)
-def test_compiled_compat_step_with_float_lr_does_not_recompile(entry, foreach):
-    """``torch.compile(opt.step)`` with a Python-float ``lr`` that a scheduler changes every step:
-    after warm-up, no recompiles (torch's own compiled SGD, RMSprop, Adadelta and foreach Adam
-    recompile at every lr: Inductor's tensorify pass specializes a changing float that reaches
-    ``alpha=``/``value=``/``clamp`` or a foreach scalar; compat hands it over as a tensor).
+def test_compiled_compat_step_with_float_hparams_does_not_recompile(entry, foreach):
+    """``torch.compile(opt.step)`` with Python-float hyperparameters that a scheduler changes
+    every step (``lr``, and with ``OneCycleLR`` the betas or momentum): after warm-up, no
+    recompiles. torch's own compiled steps recompile at every new value (SGD, RMSprop, Adadelta
+    and foreach Adam for each ``lr``; every optimizer with betas or momentum under
+    ``OneCycleLR``): Inductor's tensorify pass specializes a changing float that reaches
+    ``alpha=``/``value=``/``clamp`` or a foreach scalar; compat hands them over as tensors.
     ``aot_eager`` shows the specialization as Inductor does, without code generation."""
     if foreach and entry.name == "adafactor":
         pytest.skip("torch.optim.Adafactor has no foreach implementation on the CPU")
@@ -112,10 +123,10 @@ def test_compiled_compat_step_with_float_lr_does_not_recompile(entry, foreach):
     opt = entry.compat_cls(model.parameters(), **kwargs)
     eager_model = _model()
     eager = entry.compat_cls(eager_model.parameters(), **kwargs)
-    schedulers = [torch.optim.lr_scheduler.StepLR(o, 1, gamma=0.9) for o in (opt, eager)]
+    schedulers = [_float_scheduler(o) for o in (opt, eager)]
     counter = CompileCounterWithBackend("aot_eager")
     step = torch.compile(opt.step, backend=counter)
-    frames = []
+    frames, seen = [], []
     for i in range(5):
         x, y = _batch(i)
         for o, m, s in ((opt, model, step), (eager, eager_model, eager.step)):
@@ -125,7 +136,9 @@ def test_compiled_compat_step_with_float_lr_does_not_recompile(entry, foreach):
         for sched in schedulers:
             sched.step()
         frames.append(counter.frame_count)
-    assert frames[2:] == [frames[1]] * 3, f"recompiled as lr changed: {frames}"
+        seen.append({k: opt.param_groups[0][k] for k in ("lr", "betas", "momentum") if k in opt.defaults})
+    assert len({repr(s) for s in seen}) == len(seen), f"the scheduler did not change the hparams: {seen}"
+    assert frames[2:] == [frames[1]] * 3, f"recompiled as the hparams changed: {frames}"
     for a, b in zip(model.parameters(), eager_model.parameters()):
         torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-5, atol=1e-6)
 
