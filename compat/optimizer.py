@@ -62,6 +62,15 @@ def traceable_float(value: float) -> Tensor:
     return float64_scalar(value)
 
 
+#: Why a fused group's step runs outside a compiled graph: torch.compile does not trace into torch's
+#: fused optimizer functions either (``torch._dynamo`` wraps ``torch.optim.adam._fused_adam`` and its
+#: siblings in ``torch.compiler.disable``), so ``torch.compile(opt.step)`` with ``fused=True`` runs
+#: the fused kernels eagerly, as torch's does. Traced, the in-place fused op would mutate the
+#: parameters (static attributes of the graph) from functionalized state tensors, which
+#: functionalization refuses.
+FUSED_UNDER_COMPILE = "the fused kernels run eagerly, as torch.optim's fused steps do under torch.compile"
+
+
 #: The hyperparameters torch's LR schedulers change between steps: ``lr`` (every scheduler) and
 #: the first of ``betas`` or ``momentum`` (``OneCycleLR``, and ``CyclicLR`` with ``cycle_momentum``).
 #: Under torch.compile a compat step takes their float values as tensors, so that a scheduler's new
@@ -277,6 +286,7 @@ class FunctionalOptimizer(Optimizer):
         a subclass whose for-loop step allocates no temporaries may run the group as one chunk)."""
         return _cache_sized_chunks(params)
 
+    @torch.compiler.disable(reason=FUSED_UNDER_COMPILE)
     def _fused_group(self, params, grads, state, hparams, static) -> None:
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)

@@ -22,7 +22,7 @@ from functional_optim.sgd import SGD as SGD_DEFINITION
 from functional_optim.sgd import SPARSE_WEIGHT_DECAY_ERROR, SGDState, SGDStatic, validate
 
 from . import convert
-from .optimizer import FunctionalOptimizer, _cache_sized_chunks, check_grad_shapes, saved_state_entries
+from .optimizer import FUSED_UNDER_COMPILE, FunctionalOptimizer, _cache_sized_chunks, check_grad_shapes, saved_state_entries
 
 __all__ = ["SGD"]
 
@@ -228,6 +228,7 @@ class SGD(FunctionalOptimizer):
                 new_bufs[i] = buf
         return new_bufs
 
+    @torch.compiler.disable(reason=FUSED_UNDER_COMPILE)
     def _fused_sgd(self, group: dict, params: list, grads: list, bufs: list, static: SGDStatic) -> list:
         """``torch._fused_sgd_`` per device/dtype group, with GradScaler's ``grad_scale`` and
         ``found_inf`` (the kernel skips the update where ``found_inf`` is set). The buffers of a

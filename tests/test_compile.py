@@ -143,6 +143,37 @@ def test_compiled_compat_step_with_float_hparams_does_not_recompile(entry, forea
         torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-5, atol=1e-6)
 
 
+_FUSED = [("Adam", {}), ("AdamW", {}), ("SGD", {"momentum": 0.9}), ("Adagrad", {})]
+
+
+@pytest.mark.parametrize("name, kwargs", _FUSED, ids=[n for n, _ in _FUSED])
+def test_compiled_compat_fused_step_runs_the_fused_kernel_as_torch(name, kwargs):
+    """``torch.compile(opt.step)`` with ``fused=True``: torch.compile does not trace into torch's
+    fused optimizer functions, and compat's fused step runs outside the graph in the same way
+    (traced, the fused op failed functionalization): the parameters equal torch's eager fused
+    step's bitwise, with a scheduler changing ``lr``."""
+    import compat
+
+    model, ref_model = _model(), _model()
+    opt = getattr(compat, name)(model.parameters(), lr=0.05, fused=True, **kwargs)
+    ref = getattr(torch.optim, name)(ref_model.parameters(), lr=0.05, fused=True, **kwargs)
+    schedulers = [torch.optim.lr_scheduler.StepLR(o, 1, gamma=0.9) for o in (opt, ref)]
+    step = torch.compile(opt.step, backend="aot_eager")
+    for i in range(3):
+        x, y = _batch(i)
+        for o, m, s in ((opt, model, step), (ref, ref_model, ref.step)):
+            o.zero_grad()
+            ((m(x) - y) ** 2).mean().backward()
+            s()
+        for sched in schedulers:
+            sched.step()
+    for a, b in zip(model.parameters(), ref_model.parameters()):
+        assert torch.equal(a, b)
+    for p, q in zip(model.parameters(), ref_model.parameters()):
+        for key, value in ref.state[q].items():
+            assert torch.equal(opt.state[p][key], value), key
+
+
 def test_compiled_compat_for_loop_computes_the_per_parameter_scalars_once_per_group(monkeypatch):
     """Under torch.compile the for-loop path steps a group as one chunk: the per-parameter step
     sizes go through one ``realize`` barrier (a 1x1 matmul each for Adam's two scalar lists)
