@@ -97,6 +97,18 @@ def test_compiled_compat_step_with_scheduler_matches_eager(entry):
 
 
 
+def _train_side_by_side(i, runs, schedulers):
+    """Training step ``i`` for each ``(optimizer, model, step function)`` on the same batch, then
+    every scheduler's step."""
+    x, y = _batch(i)
+    for opt, model, step in runs:
+        opt.zero_grad()
+        ((model(x) - y) ** 2).mean().backward()
+        step()
+    for scheduler in schedulers:
+        scheduler.step()
+
+
 def _float_scheduler(opt):
     """A scheduler that changes every float hyperparameter torch's schedulers touch: ``OneCycleLR``
     (``lr``, and the first of ``betas`` or ``momentum``) where the optimizer has one of those, else
@@ -128,13 +140,7 @@ def test_compiled_compat_step_with_float_hparams_does_not_recompile(entry, forea
     step = torch.compile(opt.step, backend=counter)
     frames, seen = [], []
     for i in range(5):
-        x, y = _batch(i)
-        for o, m, s in ((opt, model, step), (eager, eager_model, eager.step)):
-            o.zero_grad()
-            ((m(x) - y) ** 2).mean().backward()
-            s()
-        for sched in schedulers:
-            sched.step()
+        _train_side_by_side(i, [(opt, model, step), (eager, eager_model, eager.step)], schedulers)
         frames.append(counter.frame_count)
         seen.append({k: opt.param_groups[0][k] for k in ("lr", "betas", "momentum") if k in opt.defaults})
     assert len({repr(s) for s in seen}) == len(seen), f"the scheduler did not change the hparams: {seen}"
@@ -160,13 +166,7 @@ def test_compiled_compat_fused_step_runs_the_fused_kernel_as_torch(name, kwargs)
     schedulers = [torch.optim.lr_scheduler.StepLR(o, 1, gamma=0.9) for o in (opt, ref)]
     step = torch.compile(opt.step, backend="aot_eager")
     for i in range(3):
-        x, y = _batch(i)
-        for o, m, s in ((opt, model, step), (ref, ref_model, ref.step)):
-            o.zero_grad()
-            ((m(x) - y) ** 2).mean().backward()
-            s()
-        for sched in schedulers:
-            sched.step()
+        _train_side_by_side(i, [(opt, model, step), (ref, ref_model, ref.step)], schedulers)
     for a, b in zip(model.parameters(), ref_model.parameters()):
         assert torch.equal(a, b)
     for p, q in zip(model.parameters(), ref_model.parameters()):
