@@ -21,6 +21,7 @@ from __future__ import annotations
 import numbers
 from typing import Any, Callable, ClassVar, Optional
 
+import optree
 import torch
 from torch import Tensor
 from torch.optim.optimizer import (
@@ -78,13 +79,12 @@ FUSED_UNDER_COMPILE = "the fused kernels run eagerly, as torch.optim's fused ste
 SCHEDULED_HPARAMS = ("lr", "betas", "momentum")
 
 
-def scheduled_as_tensors(value: Any) -> Any:
-    """A scheduled hyperparameter for a compiled step: a float as :func:`traceable_float`, each
-    float of a tuple (``betas``) likewise; tensors (and ints) as they are. Whether a group has
-    momentum at all is read from the group itself (its static choices), not from this value."""
-    if isinstance(value, tuple):
-        return tuple(scheduled_as_tensors(v) for v in value)
-    return traceable_float(value) if isinstance(value, float) else value
+def floats_as_tensors(hparams: Any) -> Any:
+    """Every Python float in ``hparams`` (a value, a tuple such as ``betas``, or a whole record) as
+    :func:`traceable_float`, for a compiled step; tensors, ints and ``None`` as they are. Whether a
+    group has momentum at all is read from the group itself (its static choices), not from here."""
+    return optree.tree_map(lambda x: traceable_float(x) if isinstance(x, float) else x, hparams,
+                           none_is_leaf=True)
 
 
 class FunctionalOptimizer(Optimizer):
@@ -123,7 +123,7 @@ class FunctionalOptimizer(Optimizer):
         hparams = self._hparams(group)
         if not torch.compiler.is_compiling() or group.get("fused"):
             return hparams
-        return hparams._replace(**{name: scheduled_as_tensors(getattr(hparams, name))
+        return hparams._replace(**{name: floats_as_tensors(getattr(hparams, name))
                                    for name in SCHEDULED_HPARAMS if name in hparams._fields})
 
     def _static(self, group: dict) -> Any:

@@ -22,7 +22,8 @@ from functional_optim.sgd import SGD as SGD_DEFINITION
 from functional_optim.sgd import SPARSE_WEIGHT_DECAY_ERROR, SGDState, SGDStatic, validate
 
 from . import convert
-from .optimizer import FUSED_UNDER_COMPILE, FunctionalOptimizer, _cache_sized_chunks, check_grad_shapes, saved_state_entries
+from .optimizer import (FUSED_UNDER_COMPILE, FunctionalOptimizer, _cache_sized_chunks, check_grad_shapes,
+                        saved_state_entries)
 
 __all__ = ["SGD"]
 

@@ -58,7 +58,7 @@ from functional_optim.inject import named_hparams, replace_hparams
 from functional_optim.rounding import fold_in
 from functional_optim.tree import _is_namedtuple, flatten
 
-from .optimizer import check_grad_shapes, traceable_float
+from .optimizer import check_grad_shapes, floats_as_tensors
 
 __all__ = ["TransformationOptimizer"]
 
@@ -199,13 +199,12 @@ class TransformationOptimizer(Optimizer):
 
     def _step_hparams(self, group: dict) -> Any:
         """:meth:`_hparams` for a step: under torch.compile every Python-float hyperparameter
-        as a 0-d tensor (:func:`compat.optimizer.traceable_float`: a scheduler's changing float
+        as a 0-d tensor (:func:`compat.optimizer.floats_as_tensors`: a scheduler's changing float
         would otherwise be specialized, recompiling the step at every new value)."""
         hparams = self._hparams(group)
         if not torch.compiler.is_compiling():
             return hparams
-        return optree.tree_map(lambda x: traceable_float(x) if isinstance(x, float) else x, hparams,
-                               none_is_leaf=True)
+        return floats_as_tensors(hparams)
 
     def __getstate__(self) -> dict:
         """torch's state (``defaults``, ``state``, ``param_groups``) plus this object's own
