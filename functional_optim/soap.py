@@ -169,6 +169,11 @@ def _refreshed(factors: list, bases: list, dims: list, nu_work: Tensor) -> tuple
     ``L Q``'s columns are sorted by the estimated eigenvalues ``diag(Q^T L Q)`` (decreasing), the
     second moment's entries follow their columns along ``k``, and ``Q <- qr(L Q)`` (in float32, as
     the reference: ``qr`` lacks half precisions and the orthogonality of ``Q`` matters).
+
+    The bases stay column-major (LAPACK's layout, that of ``eigh`` and ``qr``), as ``init`` lays
+    them out and as the compiled branches copy them: ``L Q`` then runs the same BLAS kernel as in
+    the reference and eagerly and compiled alike. That matters where ``L`` is degenerate (a
+    vector's first steps, a leaf's late start: rank one), whose null-space basis rounding decides.
     """
     new_bases = []
     for k, factor, basis in zip(dims, factors, bases):
@@ -337,19 +342,27 @@ def scale_by_soap(b1: Number = 0.95, b2: Number = 0.95, shampoo_beta: Optional[N
         layouts = [None if p is None else layout_of(p.shape) for p in leaves]
         n_dims = max([0] + [len(lay.dims) for lay in layouts if lay is not None])
 
-        def factors(k):
+        def factors(k, strides):
             out = []
             for p, lay in zip(leaves, layouts):
                 if lay is None or k >= len(lay.dims) or not lay.rotated[k]:
                     out.append(EMPTY)
                 else:
-                    out.append(torch.zeros(lay.dims[k], lay.dims[k], dtype=p.dtype, device=p.device))
+                    n = lay.dims[k]
+                    out.append(torch.empty_strided((n, n), strides(n), dtype=p.dtype, device=p.device).zero_())
             return unflatten(spec, out)
+
+        def row_major(n):
+            return (n, 1)
+
+        def column_major(n):  # the bases: LAPACK's layout, that of eigh's and qr's results (see _refreshed)
+            return (1, n)
 
         started = map_updates(lambda p: torch.zeros((), dtype=torch.bool, device=p.device), params)
         return ScaleBySoapState(zero_count(params), map_updates(torch.zeros_like, params),
                                 map_updates(torch.zeros_like, params), started,
-                                tuple(factors(k) for k in range(n_dims)), tuple(factors(k) for k in range(n_dims)))
+                                tuple(factors(k, row_major) for k in range(n_dims)),
+                                tuple(factors(k, column_major) for k in range(n_dims)))
 
     def check_factors(updates, state) -> None:
         if not isinstance(state.gg, tuple) or not isinstance(state.q, tuple) or len(state.gg) != len(state.q):
