@@ -120,7 +120,7 @@ class SophiaH(ReferenceOptimizer):
             estimates = self._hutchinson_estimates()
         else:
             estimates = None
-        if estimates:
+        if estimates is not None and any(e is not None for e in estimates):
             self._hand_over(estimates)
         self._step_groups()
         return loss
@@ -144,12 +144,17 @@ class SophiaH(ReferenceOptimizer):
                 return 0 if value is None else int(value)
         return 0
 
-    def _hutchinson_estimates(self) -> dict:
-        """``{param: estimate}`` for the parameters with a gradient, as ``compute_hutchinson_hessian``."""
-        params = [p for group in self.param_groups for p in group["params"]
-                  if p.requires_grad and p.grad is not None]
+    def _hutchinson_estimates(self) -> list:
+        """Per parameter (all groups, in order): its estimate as ``compute_hutchinson_hessian``'s, or
+        ``None`` without a gradient. A list, not a dict keyed by the parameters: the estimate comes
+        after a graph break (``autograd.grad``), and Dynamo's frame resumed there guarded the
+        dict's keys' ``.grad`` by identity, so every new gradient recompiled it."""
+        everyone = [p for group in self.param_groups for p in group["params"]]
+        chosen = [i for i, p in enumerate(everyone) if p.requires_grad and p.grad is not None]
+        params = [everyone[i] for i in chosen]
+        estimates = [None] * len(everyone)
         if not params:
-            return {}
+            return estimates
         grads = [p.grad for p in params]
         for i, g in enumerate(grads):
             if not g.requires_grad:
@@ -161,9 +166,11 @@ class SophiaH(ReferenceOptimizer):
         last = len(probes) - 1
         hvps = [list(torch.autograd.grad(grads, params, grad_outputs=z, retain_graph=i < last))
                 for i, z in enumerate(probes)]
-        return dict(zip(params, combine_hutchinson_samples(hvps, probes)))
+        for i, estimate in zip(chosen, combine_hutchinson_samples(hvps, probes)):
+            estimates[i] = estimate
+        return estimates
 
-    def _given_estimates(self, hessian: list) -> dict:
+    def _given_estimates(self, hessian: list) -> list:
         params = [p for group in self.param_groups for p in group["params"]]
         if len(hessian) != len(params):
             raise ValueError(f"SophiaH: {len(hessian)} hessian tensors for {len(params)} parameters")
@@ -175,16 +182,20 @@ class SophiaH(ReferenceOptimizer):
             if h.dtype != p.dtype or h.device != p.device:
                 raise ValueError(f"SophiaH: a hessian entry is {h.dtype} on {h.device}, its parameter {p.dtype} "
                                  f"on {p.device}")
-        return dict(zip(params, hessian))
+        return list(hessian)
 
-    def _hand_over(self, estimates: dict) -> None:
-        """Each group that steps now gets its estimates pending in its state (``sophia_set_hessian``).
+    def _hand_over(self, estimates: list) -> None:
+        """Each group that steps now gets its estimates (one per parameter, all groups in order)
+        pending in its state (``sophia_set_hessian``).
 
         A group without any gradient is not updated at this step, so it gets none (the reference
         stores them but never reads them: the next estimate replaces them first)."""
         new_states = []
+        start = 0
         for index, group in enumerate(self.param_groups):
             params = list(group["params"])
+            group_estimates = estimates[start:start + len(params)]
+            start += len(params)
             if not params or all(p.grad is None for p in params):
                 continue
             if self.state.get(params[0]):
@@ -194,7 +205,7 @@ class SophiaH(ReferenceOptimizer):
                 state = self.transformation.init(params)
                 layout = _layout(state, len(params))
             new_states.append((index, params, layout,
-                               sophia_set_hessian(state, [estimates.get(p) for p in params])))
+                               sophia_set_hessian(state, group_estimates)))
         for index, params, layout, state in new_states:  # written once every group's estimate is checked
             self._layouts[index] = layout
             self._write(params, layout, state)

@@ -637,3 +637,33 @@ def test_compiled_compat_step_with_create_graph_hessian_matches_eager():
 
     for got, want in zip(run(compiled_steps=3), run(compiled_steps=0)):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_compat_step_with_hutchinson_estimates_stops_recompiling():
+    """``torch.compile(opt.step)`` estimating the Hessian from ``backward(create_graph=True)`` every
+    other step, with ``StepLR`` changing a float ``lr`` at every step: after the warm-up steps no
+    step compiles a new graph. The estimates cross a graph break (``autograd.grad``); held in a
+    dict keyed by the parameters, the resumed frame guarded the keys' ``.grad`` by identity and
+    recompiled at every estimate step."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    opt = SophiaH(model.parameters(), lr=0.05, update_period=2)
+    scheduler = torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.9)
+    compiled = torch.compile(opt.step, backend="aot_eager")
+    gen = torch.Generator().manual_seed(1)
+    graphs = []
+    for _ in range(10):
+        x = torch.randn(8, 3, generator=gen)
+        opt.zero_grad()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # create_graph's reference-cycle warning
+            model(x).pow(2).mean().backward(create_graph=True)
+        compiled()
+        scheduler.step()
+        graphs.append(counters["stats"]["unique_graphs"])
+    torch._dynamo.reset()
+    assert graphs[4:] == [graphs[4]] * 6, graphs
