@@ -611,6 +611,15 @@ def test_step_errors_change_nothing():
         SophiaH([s]).step()
 
 
+def _backward_with_graph(model, opt, gen):
+    """Fresh gradients with a graph (``backward(create_graph=True)``) on a batch drawn from ``gen``."""
+    x = torch.randn(8, 3, generator=gen)
+    opt.zero_grad()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # create_graph's reference-cycle warning
+        model(x).pow(2).mean().backward(create_graph=True)
+
+
 def test_compiled_compat_step_with_create_graph_hessian_matches_eager():
     """``torch.compile(opt.step)`` with the Hessian estimated from ``backward(create_graph=True)``,
     then the same optimizer stepped eagerly (as after Dynamo's recompile limit, or outside the
@@ -626,11 +635,7 @@ def test_compiled_compat_step_with_create_graph_hessian_matches_eager():
         compiled = torch.compile(opt.step, backend="aot_eager")
         gen = torch.Generator().manual_seed(1)
         for i in range(6):
-            x = torch.randn(8, 3, generator=gen)
-            opt.zero_grad()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # create_graph's reference-cycle warning
-                model(x).pow(2).mean().backward(create_graph=True)
+            _backward_with_graph(model, opt, gen)
             (compiled if i < compiled_steps else opt.step)()
         torch._dynamo.reset()
         return [p.detach().clone() for p in model.parameters()]
@@ -657,11 +662,7 @@ def test_compiled_compat_step_with_hutchinson_estimates_stops_recompiling():
     gen = torch.Generator().manual_seed(1)
     graphs = []
     for _ in range(10):
-        x = torch.randn(8, 3, generator=gen)
-        opt.zero_grad()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # create_graph's reference-cycle warning
-            model(x).pow(2).mean().backward(create_graph=True)
+        _backward_with_graph(model, opt, gen)
         compiled()
         scheduler.step()
         graphs.append(counters["stats"]["unique_graphs"])
