@@ -52,6 +52,37 @@ class Prodigy(Optimizer):
     def supports_flat_params(self):
         return True
 
+    @torch.compiler.disable
+    def _check_and_make_states(self) -> None:
+        """prodigyopt's checks at ``step`` (one nonzero ``lr``, no sparse gradient), then the state
+        of each parameter at its first gradient: ``step``, ``s``, ``p0``, ``exp_avg``,
+        ``exp_avg_sq``; nothing is made before every check passed.
+
+        Run eagerly under torch.compile, first thing in every step: the step's graph breaks here
+        only, before it reads any hyperparameter, so the math after it compiles once. Traced, the
+        state's creation compiled 8 graphs more in the first step; a break in the middle of the
+        step, after the float ``lr`` was read, made Dynamo specialize ``lr`` (a graph per value).
+        """
+        lr = max(group["lr"] for group in self.param_groups)
+        for group in self.param_groups:
+            if group["lr"] not in [lr, 0.0]:
+                raise RuntimeError("Setting different lr values in different parameter groups is only supported "
+                                   "for values of 0")
+        with_grad = [(group, p) for group in self.param_groups for p in group["params"] if p.grad is not None]
+        if any(p.grad.is_sparse for _, p in with_grad):
+            raise RuntimeError("Prodigy does not support sparse gradients")
+        has_exp_avg = self.param_groups[0]["betas"][0] > 0
+        for group, p in with_grad:
+            state = self.state[p]
+            if "step" in state:
+                continue
+            state["step"] = 0
+            state["s"] = torch.zeros_like(_sliced(p, group["slice_p"]))
+            state["p0"] = _sliced(p, group["slice_p"]).clone()
+            if has_exp_avg:
+                state["exp_avg"] = torch.zeros_like(p)
+            state["exp_avg_sq"] = torch.zeros_like(p)
+
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], float]] = None):
         """Perform a single optimization step.
@@ -63,34 +94,19 @@ class Prodigy(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._check_and_make_states()
         first = self.param_groups[0]
         lr = max(group["lr"] for group in self.param_groups)
-        for group in self.param_groups:
-            if group["lr"] not in [lr, 0.0]:
-                raise RuntimeError("Setting different lr values in different parameter groups is only supported "
-                                   "for values of 0")
-        beta1 = first["betas"][0]
-        has_exp_avg = beta1 > 0
+        has_exp_avg = first["betas"][0] > 0
         params, grads, hps = [], [], []
         for group in self.param_groups:
             leaf = _LeafHP(group["weight_decay"], group["eps"], group["d0"], group["safeguard_warmup"],
                            group["lr"] > 0.0, group["slice_p"])
             for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("Prodigy does not support sparse gradients")
-                state = self.state[p]
-                if "step" not in state:
-                    state["step"] = 0
-                    state["s"] = torch.zeros_like(_sliced(p, leaf.slice_p))
-                    state["p0"] = _sliced(p, leaf.slice_p).clone()
-                    if has_exp_avg:
-                        state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                params.append(p)
-                grads.append(p.grad)
-                hps.append(leaf)
+                if p.grad is not None:
+                    params.append(p)
+                    grads.append(p.grad)
+                    hps.append(leaf)
         if not params:
             return loss
         dev = params[0].device
