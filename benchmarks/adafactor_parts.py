@@ -15,14 +15,27 @@ Prints the median and minimum milliseconds of each.
 from __future__ import annotations
 
 import argparse
-import time
+from typing import Callable, NamedTuple
 
 import torch
 
 from benchmarks import workloads
+from benchmarks.measure import stats_ms, time_interleaved, untimed_steps
 
 EPS1_SQUARED = 1e-14
 LR = 1e-2
+
+
+def _nothing() -> None:
+    """No setup before a timed call."""
+
+
+class Pass(NamedTuple):
+    """One timed function, in the shape :func:`benchmarks.measure.time_interleaved` takes."""
+
+    label: str
+    step: Callable[[], object]
+    before_step: Callable[[], None] = _nothing
 
 
 def row_sums(grads):
@@ -89,24 +102,16 @@ def main(argv=None) -> None:
         "update, no division": (new_params_without_division, (params, grads, rows, cols)),
         "scaled copy (1 read, 1 new tensor)": (scaled_copy, (params,)),
     }
-    runs = {name: (lambda f=torch.compile(fn), a=inputs: f(*a)) for name, (fn, inputs) in passes.items()}
-    runs["torch._fused_adam_ (whole step)"] = fused_adam
-    for run in runs.values():  # compile and warm up
-        run()
-        run()
-    times = {name: [] for name in runs}
-    for _ in range(args.reps):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
+    runs = [Pass(name, lambda f=torch.compile(fn), a=inputs: f(*a)) for name, (fn, inputs) in passes.items()]
+    runs.append(Pass("torch._fused_adam_ (whole step)", fused_adam))
+    untimed_steps(runs, 2)  # compile and warm up
+    samples = time_interleaved(runs, args.reps, torch.device("cpu"))
     n = sum(p.numel() for p in params)
     print(f"torch {torch.__version__}; {len(params)} matrices, {n / 1e6:.2f}M params; "
           f"{torch.get_num_threads()} threads; {args.reps} interleaved reps")
-    for name, samples in times.items():
-        samples.sort()
-        print(f"{name:36s} median {1e3 * samples[len(samples) // 2]:6.2f} ms   min {1e3 * samples[0]:6.2f} ms")
-
+    for name, times in samples.items():
+        stats = stats_ms(times)
+        print(f"{name:36s} median {stats['median_ms']:6.2f} ms   min {stats['min_ms']:6.2f} ms")
 
 if __name__ == "__main__":
     main()
