@@ -18,7 +18,7 @@ import torch
 from ._kernels.eager import FOREACH_PURE, eager_ops_for
 from ._kernels.grouped import MIN_GROUP, add_lists
 from .rounding import Key, add_stochastic_flat, check_key, fold_in, stochastic_round
-from .tree import flatten_like, flatten_plain, unflatten
+from .tree import flatten_like, flatten_plain, leaf_paths, unflatten
 
 Params = Any
 Updates = Any
@@ -60,6 +60,7 @@ def apply_updates(params: Params, updates: Updates, *, stochastic_rounding_key: 
     """
     p_leaves, spec = flatten_plain(params)
     u_leaves = flatten_like(spec, params, updates, "params", "updates")
+    _check_update_shapes(params, p_leaves, u_leaves)
     rounded = []  # the bfloat16 leaves rounded stochastically
     if stochastic_rounding_key is not None:
         check_key(stochastic_rounding_key)
@@ -76,6 +77,20 @@ def apply_updates(params: Params, updates: Updates, *, stochastic_rounding_key: 
     if rounded:
         _add_stochastically(p_leaves, u_leaves, stochastic_rounding_key, rounded, out)
     return unflatten(spec, out)
+
+
+def _check_update_shapes(params: Params, p_leaves: list, u_leaves: list) -> None:
+    """Each update a tensor of its parameter's shape (or ``None``): ``p + u`` would broadcast an
+    update of another shape into the parameter (a ``(4,)`` update across every row of a ``(3, 4)``
+    weight) and return a parameter of another shape for a larger one. Raises naming the path,
+    before anything is computed. (The dtype may differ: a wider update is cast back.)"""
+    for i, (p, u) in enumerate(zip(p_leaves, u_leaves)):
+        if u is None or (isinstance(u, torch.Tensor) and u.shape == p.shape):
+            continue
+        path = leaf_paths(params)[i]
+        if not isinstance(u, torch.Tensor):
+            raise TypeError(f"updates at {path} must be a Tensor or None, got {type(u).__name__}")
+        raise ValueError(f"updates at {path} has shape {tuple(u.shape)}, expected {tuple(p.shape)} (its parameter's)")
 
 
 def _add_stochastically(p_leaves: list, u_leaves: list, key: Key, indices: list, out: list) -> None:

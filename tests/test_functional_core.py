@@ -111,6 +111,18 @@ def test_apply_updates_keeps_dtype_and_checks_structure():
         fo.apply_updates(params, {"v": torch.ones(2)})
 
 
+@pytest.mark.parametrize("update, error, message", [
+    (torch.ones(4), ValueError, r"updates at \['w'\] has shape \(4,\), expected \(3, 4\)"),  # would broadcast
+    (torch.ones(()), ValueError, r"has shape \(\), expected \(3, 4\)"),
+    (torch.ones(2, 3, 4), ValueError, r"has shape \(2, 3, 4\), expected \(3, 4\)"),  # would grow the param
+    (0.5, TypeError, r"updates at \['w'\] must be a Tensor or None, got float"),
+])
+def test_apply_updates_refuses_an_update_of_another_shape(update, error, message):
+    params = {"b": torch.zeros(3), "w": torch.zeros(3, 4)}
+    with pytest.raises(error, match=message):
+        fo.apply_updates(params, {"b": torch.ones(3), "w": update})
+
+
 def test_compiled_update_matches_eager_without_recompiling_on_tensor_hparams():
     opt = fo.adamw(amsgrad=True)
     params = {"w": torch.randn(4, 3), "b": torch.randn(3)}
