@@ -195,3 +195,22 @@ def test_compile_floor_steps_compute_the_eager_step(mode, chunk, lists, counters
     assert result["graph_inputs"] == 8 * (2 + lists + counters) + 1
     assert result["first_call_s"] >= 0 and result["step_ms"] > 0
     assert result["max_abs_diff"] < 1e-6
+
+
+def test_eager_overhead_floor_computes_what_the_functional_step_computes(capsys):
+    """The floor does the functional SGD step's work and no less: after the same steps its
+    parameters are the functional step's, bit for bit; the checks-off step is the checked one's."""
+    from benchmarks import eager_overhead
+
+    work = workloads.make("many-small", torch.device("cpu"))
+    functional, unchecked, floor = (eager_overhead.functional(work), eager_overhead.functional(work, checked=False),
+                                    eager_overhead.floor(work))
+    for _ in range(3):
+        functional(), unchecked(), floor()
+    expected = functional.box["params"]
+    for got in (unchecked.box["params"], floor.box["handed_out"][2]):
+        assert all(torch.equal(a, b) for a, b in zip(got, expected))
+    assert eager_overhead.definition_module.check_state is not eager_overhead._nothing  # patches undone
+    eager_overhead.main(["--reps", "2"])
+    rows = capsys.readouterr().out.splitlines()
+    assert [r.split("  ")[0] for r in rows[2:]] == ["torch/foreach", "functional", "functional, no checks", "floor"]
