@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Union
+import numbers
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor
@@ -25,6 +26,34 @@ class MultiStepsState(NamedTuple):
     acc_grads: Any
 
 
+def _check_k(k: Any, gradient_step: Optional[Tensor] = None) -> Any:
+    """``k`` (a step count from ``every_k_schedule``), refused unless it is an integer >= 1 or a 0-d
+    integer tensor (whose value is not read: no host sync under compile or vmap)."""
+    def where() -> str:  # (only for a message: reading the step is a host sync on a GPU)
+        if gradient_step is None:
+            return ""
+        at = ""
+        if not torch.compiler.is_compiling():  # from a callable: say at which step, when it can be read
+            try:
+                at = f" at gradient_step {int(gradient_step)}"
+            except RuntimeError:  # a batched step under vmap
+                pass
+        return f" (returned by every_k_schedule(gradient_step){at})"
+
+    expected = "MultiSteps: every_k_schedule must give an integer number of steps >= 1"
+    if isinstance(k, Tensor):
+        if k.dtype == torch.bool or k.dtype.is_floating_point or k.dtype.is_complex:
+            raise TypeError(f"{expected} (or a 0-d integer tensor), got a {k.dtype} tensor{where()}")
+        if k.dim() != 0:
+            raise ValueError(f"{expected} (or a 0-d integer tensor), got a tensor of shape {tuple(k.shape)}{where()}")
+        return k
+    if isinstance(k, bool) or not isinstance(k, (numbers.Integral, torch.SymInt)):
+        raise TypeError(f"{expected}, got {k!r} of type {type(k).__name__}{where()}")
+    if k < 1:
+        raise ValueError(f"{expected}, got {k}{where()}")
+    return k
+
+
 class MultiSteps:
     """Accumulate the gradients of ``every_k_schedule`` calls, then take one step of ``opt`` on their mean.
 
@@ -35,7 +64,11 @@ class MultiSteps:
     accumulation of ``(loss / k).backward()`` before ``optimizer.step()``.
 
     ``every_k_schedule`` is an int, or a function of ``gradient_step`` (the number of inner
-    steps taken) returning one, to grow the effective batch during training.
+    steps taken) returning one, to grow the effective batch during training. It may also give a
+    0-d integer tensor (a schedule of a tensor step does, under ``torch.compile``). A number is
+    checked (an integer >= 1; ``bool`` and ``float`` are refused); a tensor's dtype and shape are
+    checked, but not its value, which cannot be read without a host sync that would break the
+    graph: a tensor ``k < 1`` applies ``opt`` on every call with ``sum / k``.
 
     Compiles with ``fullgraph=True``: the k-th call is chosen with ``torch.where`` on a 0-d
     flag, not with a Python ``if``. The price is that ``opt.update`` runs on every call (its
@@ -52,15 +85,15 @@ class MultiSteps:
 
     def __init__(self, opt: GradientTransformation, every_k_schedule: Union[int, Callable[[Tensor], Any]],
                  use_grad_mean: bool = True):
-        if isinstance(every_k_schedule, int) and every_k_schedule < 1:
-            raise ValueError(f"every_k_schedule must be at least 1, got {every_k_schedule}")
+        if not callable(every_k_schedule):
+            _check_k(every_k_schedule)
         self.opt = opt
         self.every_k_schedule = every_k_schedule
         self.use_grad_mean = use_grad_mean
 
     def _k(self, gradient_step: Tensor):
         k = self.every_k_schedule
-        return k(gradient_step) if callable(k) else k
+        return _check_k(k(gradient_step), gradient_step) if callable(k) else k
 
     def init(self, params: Any) -> MultiStepsState:
         device = next((p.device for p in flatten(params)[0] if isinstance(p, Tensor)), torch.device("cpu"))

@@ -60,7 +60,7 @@ def apply_updates(params: Params, updates: Updates, *, stochastic_rounding_key: 
     """
     p_leaves, spec = flatten_plain(params)
     u_leaves = flatten_like(spec, params, updates, "params", "updates")
-    _check_update_shapes(params, p_leaves, u_leaves)
+    _check_updates(params, p_leaves, u_leaves)
     rounded = []  # the bfloat16 leaves rounded stochastically
     if stochastic_rounding_key is not None:
         check_key(stochastic_rounding_key)
@@ -79,18 +79,37 @@ def apply_updates(params: Params, updates: Updates, *, stochastic_rounding_key: 
     return unflatten(spec, out)
 
 
-def _check_update_shapes(params: Params, p_leaves: list, u_leaves: list) -> None:
-    """Each update a tensor of its parameter's shape (or ``None``): ``p + u`` would broadcast an
-    update of another shape into the parameter (a ``(4,)`` update across every row of a ``(3, 4)``
-    weight) and return a parameter of another shape for a larger one. Raises naming the path,
-    before anything is computed. (The dtype may differ: a wider update is cast back.)"""
+def _check_updates(params: Params, p_leaves: list, u_leaves: list) -> None:
+    """Each update a tensor of its parameter's shape (or ``None``) that the parameter's dtype can
+    hold: ``p + u`` would broadcast an update of another shape into the parameter (a ``(4,)``
+    update across every row of a ``(3, 4)`` weight) or return a parameter of another shape for a
+    larger one, and the cast back to the parameter's dtype would drop a complex update's
+    imaginary part or truncate an update to an integer parameter. Raises naming the path, before
+    anything is computed. (A float update of another width is cast back, as documented.)"""
     for i, (p, u) in enumerate(zip(p_leaves, u_leaves)):
-        if u is None or (isinstance(u, torch.Tensor) and u.shape == p.shape):
+        if u is None:
             continue
+        if isinstance(u, torch.Tensor) and isinstance(p, torch.Tensor) and u.shape == p.shape:
+            if u.dtype == p.dtype or _holds(p.dtype, u.dtype):
+                continue
         path = leaf_paths(params)[i]
+        if not isinstance(p, torch.Tensor):
+            raise TypeError(f"params at {path} must be a Tensor to be updated, got {type(p).__name__}")
         if not isinstance(u, torch.Tensor):
             raise TypeError(f"updates at {path} must be a Tensor or None, got {type(u).__name__}")
-        raise ValueError(f"updates at {path} has shape {tuple(u.shape)}, expected {tuple(p.shape)} (its parameter's)")
+        if u.shape != p.shape:
+            raise ValueError(f"updates at {path} has shape {tuple(u.shape)}, expected {tuple(p.shape)} "
+                             f"(its parameter's)")
+        raise ValueError(f"updates at {path} has dtype {u.dtype}, which its parameter's dtype {p.dtype} cannot "
+                         f"hold (a real floating-point parameter takes real floating-point updates, a complex one "
+                         f"real or complex ones)")
+
+
+def _holds(param_dtype: torch.dtype, update_dtype: torch.dtype) -> bool:
+    """Whether ``param + update`` cast back to ``param_dtype`` keeps the update's kind of number."""
+    if param_dtype.is_complex:
+        return update_dtype.is_complex or update_dtype.is_floating_point
+    return param_dtype.is_floating_point and update_dtype.is_floating_point
 
 
 def _add_stochastically(p_leaves: list, u_leaves: list, key: Key, indices: list, out: list) -> None:

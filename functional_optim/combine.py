@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from .base import GradientTransformation
-from .tree import check_state_type, flatten, rebuild_like, unflatten
+from .tree import check_params_match, check_same_structure, check_state_type, flatten, leaf_paths, rebuild_like, unflatten
 
 __all__ = [
     "MaskedNode",
@@ -69,8 +69,17 @@ def map_updates(fn: Callable, updates: Any, *rest: Any) -> Any:
     ``rest`` are trees with the structure of ``updates`` (params, state fields).
     """
     leaves, spec = flatten(updates)
+    for k, r in enumerate(rest):  # (zip would pair leaves by position and drop the extra ones)
+        check_same_structure(updates, r, "the updates", f"map_updates: tree {k + 1} mapped with the updates")
     others = [flatten(r)[0] for r in rest]
     return unflatten(spec, [None if u is None else fn(u, *r) for u, *r in zip(leaves, *others)])
+
+
+def map_with_params(fn: Callable, updates: Any, params: Any, who: str, *rest: Any) -> Any:
+    """:func:`map_updates` of ``fn(u, p, *r)`` after :func:`~functional_optim.tree.check_params_match`:
+    the updates must have the params' structure and, leaf by leaf, their shapes and devices."""
+    check_params_match(updates, params, who)
+    return map_updates(fn, updates, params, *rest)
 
 
 def select_tree(pred: Tensor, on_true: Any, on_false: Any) -> Any:
@@ -292,6 +301,8 @@ def _chain(name: str, keys: tuple, transforms: tuple, container: type) -> Gradie
     def update(grads, state, params=None, hparams=None):
         _check_hparams_container(name, hparams, keys)
         _check_parts_state(name, state, keys, container)
+        if params is not None:  # before any part: a part's state check would blame its state instead
+            check_params_match(grads, params, name)
         new_states = []
         for i, (key, t) in enumerate(zip(keys, transforms)):
             grads, s = t.update(grads, state[key], params, _part_hparams(hparams, i, key))
@@ -317,11 +328,11 @@ def masked(inner: GradientTransformation, mask: Any) -> GradientTransformation:
     mask = _prepared(mask)
 
     def init(params):
-        return MaskedState(inner.init(_keep(params, _resolve(mask, params))))
+        return MaskedState(inner.init(_keep(params, _mask_values(mask, params))))
 
     def update(grads, state, params=None, hparams=None):
         check_state_type(state, MaskedState, "masked")
-        keep = _resolve(mask, _params_or_updates(params, grads))
+        keep = _mask_values(mask, _params_or_updates(params, grads))
         sub_params = None if params is None else _keep(params, keep)
         sub_updates, inner_state = inner.update(_keep(grads, keep), state.inner_state, sub_params, hparams)
         leaves, spec = flatten(grads)
@@ -330,6 +341,17 @@ def masked(inner: GradientTransformation, mask: Any) -> GradientTransformation:
         return unflatten(spec, out), MaskedState(inner_state)
 
     return GradientTransformation(init, update, inner.hparams)
+
+
+def _mask_values(mask: Any, tree: Any) -> list:
+    """The mask's value for each leaf of ``tree``, each a Python ``bool`` (``TypeError`` naming the
+    path otherwise: a 0, a string or a tensor would select by its truthiness)."""
+    keep = _resolve(mask, tree)
+    for i, k in enumerate(keep):
+        if type(k) is not bool:
+            raise TypeError(f"masked: the mask at {leaf_paths(tree)[i]} must be True or False, got {type(k).__name__}"
+                            f" {k!r:.40}")
+    return keep
 
 
 def partition(transforms: Mapping[Any, GradientTransformation], param_labels: Any) -> GradientTransformation:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .base import GradientTransformation
-from .tree import flatten
+from .tree import check_params_match, check_same_structure, flatten, lazy_paths
 
 __all__ = ["step_"]
 
@@ -23,6 +23,7 @@ __all__ = ["step_"]
 def step_(transformation: GradientTransformation, grads: Any, state: Any, params: Any, hparams: Any = None) -> None:
     """``params += updates`` and ``state <- new_state``, written in place (see module docstring)."""
     updates, new_state = transformation.update(grads, state, params, hparams)
+    _check_writable(params, updates, state, new_state)
     with torch.no_grad():
         for p, u in zip(flatten(params)[0], flatten(updates)[0]):
             if u is not None:
@@ -33,6 +34,23 @@ def step_(transformation: GradientTransformation, grads: Any, state: Any, params
         for old, new in zip(flatten(state)[0], flatten(new_state)[0]):
             if isinstance(old, torch.Tensor) and new is not old:
                 _write_(old, new)
+
+
+def _check_writable(params: Any, updates: Any, state: Any, new_state: Any) -> None:
+    """Everything :func:`step_` writes, checked before the first write: the updates have the
+    params' structure and shapes (``p.add_(u)`` would broadcast a ``(4,)`` update across a
+    ``(3, 4)`` parameter), and each new state leaf the shape of the tensor it is written into
+    (``copy_`` broadcasts too). Raises ``ValueError`` naming the path; nothing has been written."""
+    check_params_match(updates, params, "step_")
+    check_same_structure(state, new_state, "the state", "step_: the new state")
+    paths = lazy_paths(state)
+    for i, (old, new) in enumerate(zip(flatten(state)[0], flatten(new_state)[0])):
+        if not isinstance(old, torch.Tensor) or new is old:
+            continue
+        if not isinstance(new, torch.Tensor) or new.shape != old.shape:
+            got = f"shape {tuple(new.shape)}" if isinstance(new, torch.Tensor) else type(new).__name__
+            raise ValueError(f"step_: the new state at {paths()[i]} has {got}, where the state has a tensor of "
+                             f"shape {tuple(old.shape)} to write it into")
 
 
 def _write_(dst: torch.Tensor, value: torch.Tensor) -> None:

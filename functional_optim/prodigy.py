@@ -26,7 +26,7 @@ from torch import Tensor
 
 from . import _validate
 from .base import GradientTransformation
-from .tree import check_counters, check_same_structure, check_state_like, check_state_type, flatten, lazy_paths, unflatten
+from .tree import check_counters, check_params_match, check_same_structure, check_state_like, check_state_type, flatten, lazy_paths, unflatten
 
 Number = Union[float, Tensor]
 
@@ -269,6 +269,7 @@ def prodigy(lr: Number = 1.0, betas: tuple = (0.9, 0.999), beta3: Optional[Numbe
     def update(updates, state, params=None, hparams=None):
         if params is None:
             raise ValueError("prodigy.update needs params")
+        check_params_match(updates, params, "prodigy")
         hp = _validate.check_hparams_record("prodigy", defaults, hparams)
         check_state_type(state, ProdigyState, "prodigy")
         check_counters("prodigy", state, ("count", "d", "d_max", "d_numerator"))

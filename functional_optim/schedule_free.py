@@ -23,7 +23,7 @@ from . import _validate
 from .base import GradientTransformation
 from .combine import chain, map_updates
 from .transforms import _like, _map_state, add_decayed_weights
-from .tree import check_counters, check_state_like, check_state_type, flatten
+from .tree import check_counters, check_params_match, check_state_like, check_state_type, flatten
 
 Number = Union[float, Tensor]
 
@@ -131,6 +131,7 @@ def schedule_free(base: GradientTransformation, lr: Number, b1: Number = 0.9, we
     def update(updates, state, params=None, hparams=None):
         if params is None:
             raise ValueError("schedule_free.update needs params")
+        check_params_match(updates, params, "schedule_free")
         if hparams is None:
             hparams = (None, None)
         if not isinstance(hparams, tuple) or len(hparams) != 2 or isinstance(hparams, ScheduleFreeHParams):
@@ -203,6 +204,7 @@ def schedule_free_eval_params(state: ScheduleFreeState, params: Any) -> Any:
         loss = model_fn(eval_params, batch)
     """
     state = _sf_state(state)
+    check_params_match(state.z, params, "schedule_free_eval_params", "state.z", same_dtype=True)
     w = 1 - 1 / state.b1
     return map_updates(lambda y, z: torch.lerp(y, z, _like(w, y)), params, state.z)
 
@@ -210,6 +212,7 @@ def schedule_free_eval_params(state: ScheduleFreeState, params: Any) -> Any:
 def schedule_free_train_params(state: ScheduleFreeState, eval_params: Any) -> Any:
     """Back from ``x`` to the training params ``y = lerp(x, z, 1 - b1)`` (``optimizer.train()``)."""
     state = _sf_state(state)
+    check_params_match(state.z, eval_params, "schedule_free_train_params", "state.z", same_dtype=True)
     w = 1 - state.b1
     return map_updates(lambda x, z: torch.lerp(x, z, _like(w, x)), eval_params, state.z)
 

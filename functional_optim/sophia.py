@@ -33,7 +33,7 @@ from ._moments import check_betas_range, check_non_negative, decayed_chain, firs
 from .base import GradientTransformation
 from .combine import map_updates, tree_get
 from .transforms import _like
-from .tree import check_counters, check_state_like, check_state_type, flatten, leaf_paths, unflatten
+from .tree import check_counters, check_params_match, check_state_like, check_state_type, flatten, leaf_paths, unflatten
 
 Number = Union[float, Tensor]
 
@@ -265,6 +265,10 @@ def combine_hutchinson_samples(hvps: Sequence[Any], probes: Sequence[Any]) -> An
     ``addcmul(value=1/n)`` in the reference's order (the same rounding); ``None`` leaves stay ``None``."""
     if len(hvps) != len(probes) or not probes:
         raise ValueError(f"combine_hutchinson_samples: {len(hvps)} products for {len(probes)} probes")
+    for k, z in enumerate(probes[1:], 1):
+        check_params_match(z, probes[0], "combine_hutchinson_samples", f"probes[{k}]", same_dtype=True)
+    for k, hz in enumerate(hvps):
+        check_params_match(hz, probes[0], "combine_hutchinson_samples", f"hvps[{k}]", same_dtype=True)
     weight = 1.0 / len(probes)
     leaves, spec = flatten(probes[0])
     hvp_leaves = [flatten(h)[0] for h in hvps]

@@ -21,7 +21,7 @@ from torch import Tensor
 from . import _validate
 from .base import GradientTransformation
 from .combine import map_updates, masked, select_tree
-from .tree import check_counters, check_state_like, check_state_type, flatten, unflatten
+from .tree import check_counters, check_params_match, check_state_like, check_state_type, flatten, unflatten
 
 Number = Union[float, Tensor]
 
@@ -64,7 +64,10 @@ def _stateless(name: str, defaults: Any, fn) -> GradientTransformation:
 
     def update(updates, state, params=None, hparams=None):
         check_state_type(state, EmptyState, name)
-        return fn(updates, params, _validate.check_hparams_record(name, defaults, hparams)), state
+        hp = _validate.check_hparams_record(name, defaults, hparams)
+        if params is not None:  # the updates flow on to params they must match (apply_updates, step_)
+            check_params_match(updates, params, name)
+        return fn(updates, params, hp), state
 
     return GradientTransformation(init, update, defaults)
 

@@ -27,6 +27,7 @@ __all__ = [
     "leaf_paths",
     "check_same_structure",
     "check_leaves_match",
+    "check_params_match",
     "lazy_paths",
     "check_state_like",
     "check_state_type",
@@ -175,14 +176,16 @@ def leaf_paths(tree: Any) -> list[str]:
     return [format_path(p) for p in optree.tree_paths(tree, is_leaf=is_empty, none_is_leaf=True)]
 
 
-def check_same_structure(reference: Any, other: Any, reference_name: str, other_name: str) -> None:
-    """Raise ``ValueError`` naming the first path where ``other`` differs from ``reference``."""
+def check_same_structure(reference: Any, other: Any, reference_name: str, other_name: str, who: str = "") -> None:
+    """Raise ``ValueError`` naming the first path where ``other`` differs from ``reference`` (the
+    message starts with ``who: `` where one is given)."""
+    prefix = f"{who}: " if who else ""
     if torch.compiler.is_compiling():
         # dynamo can flatten any tree but cannot build treespecs or paths of every dict (optree's
         # key-order metadata); the full check runs eagerly, a traced call checks the leaf count
         if len(flatten(reference)[0]) == len(flatten(other)[0]):
             return
-        raise ValueError(f"{other_name} does not match the structure of {reference_name}")
+        raise ValueError(f"{prefix}{other_name} does not match the structure of {reference_name}")
     else:
         ref_spec = optree.tree_structure(reference, is_leaf=is_empty, none_is_leaf=True)
         other_spec = optree.tree_structure(other, is_leaf=is_empty, none_is_leaf=True)
@@ -199,7 +202,7 @@ def check_same_structure(reference: Any, other: Any, reference_name: str, other_
     else:
         detail = f"container types differ: {ref_spec} vs {other_spec}"
     raise ValueError(
-        f"{other_name} does not match the structure of {reference_name}: {detail} "
+        f"{prefix}{other_name} does not match the structure of {reference_name}: {detail} "
         f"({len(other_paths)} leaves vs {len(ref_paths)})"
     )
 
@@ -249,6 +252,30 @@ def check_leaves_match(
             raise ValueError(f"{other_name} at {path_of(i)} has dtype {o.dtype}, expected {p.dtype}")
         if o.device != p.device:
             raise ValueError(f"{other_name} at {path_of(i)} is on {o.device}, expected {p.device}")
+
+
+def check_params_match(tree: Any, params: Any, who: str, what: str = "updates", *, same_dtype: bool = False) -> None:
+    """``tree`` (the updates, by default) must have the structure of ``params`` and, leaf by leaf
+    where both hold tensors, their shape and device (and dtype, with ``same_dtype``; ``None``
+    leaves are skipped). A transformation that combines the two (``u + wd * p``, a trust ratio)
+    would otherwise pair leaves by position or broadcast a leaf of another shape into the
+    parameter's. Raises ``ValueError`` naming ``who``, ``what`` and the path; only structures,
+    shapes, dtypes and devices are compared (resolved at trace time under ``torch.compile``)."""
+    check_same_structure(params, tree, "params", what, who)
+    leaves, p_leaves = flatten(tree)[0], flatten(params)[0]
+    paths = lazy_paths(params)
+    for i, (x, p) in enumerate(zip(leaves, p_leaves)):
+        if not (isinstance(x, torch.Tensor) and isinstance(p, torch.Tensor)):
+            continue
+        if x.shape != p.shape:
+            problem = f"has shape {tuple(x.shape)}, expected {tuple(p.shape)}"
+        elif same_dtype and x.dtype != p.dtype:
+            problem = f"has dtype {x.dtype}, expected {p.dtype}"
+        elif x.device != p.device:
+            problem = f"is on {x.device}, expected {p.device}"
+        else:
+            continue
+        raise ValueError(f"{who}: {what} at {paths()[i]} {problem} (the params')")
 
 
 def check_state_like(reference: Any, state_field: Any, what: str, *, scalar: bool = False,

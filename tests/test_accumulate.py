@@ -75,8 +75,6 @@ def test_none_grads_and_schedule_of_k():
         outs.append(float(updates["a"][0]))
     assert outs == [1.0, 0.0, 1.0]  # k=1: emit; k=2: accumulate, emit the mean
     assert int(state.gradient_step) == 2
-    with pytest.raises(ValueError, match="at least 1"):
-        MultiSteps(fo.adam(), 0)
 
 
 def test_compiled_multisteps_adam_one_graph():
@@ -100,3 +98,110 @@ def test_compiled_multisteps_adam_one_graph():
         for a, b in zip(p_c, p_e):
             torch.testing.assert_close(a, b)
     assert counter.frame_count == 1
+
+
+EXPECTED = r"MultiSteps: every_k_schedule must give an integer number of steps >= 1"
+
+
+@pytest.mark.parametrize("k, error, got", [
+    (0, ValueError, ", got 0$"),
+    (-2, ValueError, ", got -2$"),
+    (2.0, TypeError, ", got 2.0 of type float$"),
+    (2.5, TypeError, ", got 2.5 of type float$"),
+    (True, TypeError, ", got True of type bool$"),
+    ("4", TypeError, ", got '4' of type str$"),
+    (None, TypeError, ", got None of type NoneType$"),
+    (torch.tensor(2.0), TypeError, r" \(or a 0-d integer tensor\), got a torch.float32 tensor$"),
+    (torch.tensor([2, 2]), ValueError, r" \(or a 0-d integer tensor\), got a tensor of shape \(2,\)$"),
+], ids=["zero", "negative", "float-2.0", "float-2.5", "bool", "str", "None", "float-tensor", "(2,)-tensor"])
+def test_constant_every_k_schedule_is_refused_at_construction(k, error, got):
+    with pytest.raises(error, match=EXPECTED + got):
+        MultiSteps(fo.adam(), k)
+
+
+@pytest.mark.parametrize("bad, error, got", [
+    (0, ValueError, "got 0"),
+    (-1, ValueError, "got -1"),
+    (2.5, TypeError, "got 2.5 of type float"),
+    (True, TypeError, "got True of type bool"),
+    (None, TypeError, "got None of type NoneType"),
+    (torch.tensor(True), TypeError, r"\(or a 0-d integer tensor\), got a torch.bool tensor"),
+    (torch.tensor(2.5), TypeError, r"\(or a 0-d integer tensor\), got a torch.float32 tensor"),
+    (torch.tensor(2 + 0j), TypeError, r"\(or a 0-d integer tensor\), got a torch.complex64 tensor"),
+    (torch.tensor([3, 3, 3]), ValueError, r"\(or a 0-d integer tensor\), got a tensor of shape \(3,\)"),
+], ids=["zero", "negative", "float-2.5", "bool", "None", "bool-tensor", "float-tensor", "complex-tensor",
+        "(3,)-tensor"])
+def test_bad_schedule_value_is_refused_before_anything_is_computed(bad, error, got):
+    """The schedule gives 1, 1, then ``bad`` (at gradient_step 2): refused, naming the step; the
+    state passed in is left as it was."""
+    ms = MultiSteps(fo.adam(lr=0.1), every_k_schedule=lambda step: bad if int(step) == 2 else 1)
+    params = [torch.randn(3)]
+    state = ms.init(params)
+    for _ in range(2):
+        _, state = ms.update([torch.randn(3)], state, params)
+    before = [t.clone() for t in (state.mini_step, state.gradient_step, state.acc_grads[0],
+                                  state.inner_opt_state.exp_avg[0])]
+    with pytest.raises(error, match=EXPECTED + ".*" + got + r" \(returned by every_k_schedule\(gradient_step\) "
+                       r"at gradient_step 2\)$"):
+        ms.update([torch.randn(3)], state, params)
+    after = (state.mini_step, state.gradient_step, state.acc_grads[0], state.inner_opt_state.exp_avg[0])
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+
+
+@pytest.mark.parametrize("k", [3, torch.tensor(3), torch.tensor(3, dtype=torch.int64)], ids=["int", "int32", "int64"])
+def test_integer_schedules_and_constants_still_work(k):
+    """An int, a 0-d integer tensor constant, and callables giving either: identical updates."""
+    params = [torch.randn(3, dtype=torch.float64)]
+    grads = [[torch.randn(3, dtype=torch.float64)] for _ in range(6)]
+    outs = []
+    for schedule in (3, k, lambda step: k, lambda step: torch.ones_like(step) * k):
+        ms = MultiSteps(fo.adam(lr=0.1), schedule)
+        state, ups = ms.init(params), []
+        for g in grads:
+            updates, state = ms.update(g, state, params)
+            ups.append(updates[0])
+        outs.append(torch.stack(ups))
+        assert int(state.gradient_step) == 2
+    for out in outs[1:]:
+        assert torch.equal(out, outs[0])
+
+
+def test_compiled_tensor_schedule_one_graph_and_bad_dtype_refused_while_tracing():
+    """A schedule of the (tensor) gradient step compiles into one graph, with its checks (dtype,
+    shape: no host read); a float tensor is refused while tracing."""
+    from torch._dynamo.testing import CompileCounter
+
+    params = [torch.randn(3, 2)]
+
+    def run(schedule, compile_):
+        ms = MultiSteps(fo.adam(lr=0.1), schedule)
+        counter = CompileCounter()
+        update = torch.compile(ms.update, fullgraph=True, backend=counter) if compile_ else ms.update
+        state, outs = ms.init(params), []
+        for i in range(6):
+            updates, state = update([torch.full((3, 2), float(i))], state, params)
+            outs.append(updates[0])
+        return outs, state, counter.frame_count
+
+    schedule = lambda step: 1 + step  # 1, 2, 3: emits on calls 1, 3, 6
+    eager, _, _ = run(schedule, False)
+    compiled, state, frames = run(schedule, True)
+    for a, b in zip(compiled, eager):
+        torch.testing.assert_close(a, b)
+    assert int(state.gradient_step) == 3 and frames == 1
+    with pytest.raises(Exception, match=r"every_k_schedule must give an integer number of steps"):
+        run(lambda step: 1.0 + step, True)
+
+
+def test_vmapped_schedule_checks_pass_and_errors_still_raise():
+    """Under vmap (an ensemble of states) the checks see each member's 0-d step and k."""
+    ms = MultiSteps(fo.transforms.scale(1.0), every_k_schedule=lambda step: 1 + step)
+    params = [torch.zeros(4, 2)]
+    state = torch.func.vmap(ms.init)(params)
+    for _ in range(3):
+        updates, state = torch.func.vmap(ms.update)([torch.ones(4, 2)], state, params)
+    assert torch.equal(state.gradient_step, torch.full((4,), 2, dtype=torch.int32))
+    bad = MultiSteps(fo.transforms.scale(1.0), every_k_schedule=lambda step: (1 + step).float())
+    with pytest.raises(TypeError, match=EXPECTED + r".*torch.float32 tensor \(returned by "
+                       r"every_k_schedule\(gradient_step\)\)$"):
+        torch.func.vmap(bad.update)([torch.ones(4, 2)], state, params)

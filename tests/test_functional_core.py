@@ -116,11 +116,28 @@ def test_apply_updates_keeps_dtype_and_checks_structure():
     (torch.ones(()), ValueError, r"has shape \(\), expected \(3, 4\)"),
     (torch.ones(2, 3, 4), ValueError, r"has shape \(2, 3, 4\), expected \(3, 4\)"),  # would grow the param
     (0.5, TypeError, r"updates at \['w'\] must be a Tensor or None, got float"),
+    (torch.ones(3, 4, dtype=torch.complex64), ValueError,  # the imaginary part would be dropped
+     r"updates at \['w'\] has dtype torch.complex64, which its parameter's dtype torch.float32 cannot hold"),
 ])
-def test_apply_updates_refuses_an_update_of_another_shape(update, error, message):
+def test_apply_updates_refuses_an_update_of_another_shape_or_kind(update, error, message):
     params = {"b": torch.zeros(3), "w": torch.zeros(3, 4)}
     with pytest.raises(error, match=message):
         fo.apply_updates(params, {"b": torch.ones(3), "w": update})
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool], ids=str)
+def test_apply_updates_refuses_to_truncate_into_a_non_float_parameter(dtype):
+    params = {"step": torch.zeros(2, dtype=dtype)}
+    with pytest.raises(ValueError, match=rf"updates at \['step'\] has dtype torch.float32, which its parameter's "
+                                         rf"dtype {dtype} cannot hold"):
+        fo.apply_updates(params, {"step": torch.full((2,), 0.6)})
+
+
+def test_apply_updates_takes_real_updates_into_complex_and_wider_floats_into_narrower():
+    out = fo.apply_updates({"z": torch.zeros(2, dtype=torch.complex64), "h": torch.zeros(2, dtype=torch.bfloat16)},
+                           {"z": torch.ones(2), "h": torch.ones(2, dtype=torch.float64)})
+    assert out["z"].dtype == torch.complex64 and torch.equal(out["z"].real, torch.ones(2))
+    assert out["h"].dtype == torch.bfloat16 and torch.equal(out["h"], torch.ones(2, dtype=torch.bfloat16))
 
 
 def test_compiled_update_matches_eager_without_recompiling_on_tensor_hparams():
