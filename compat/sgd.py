@@ -22,7 +22,7 @@ from functional_optim.sgd import SGD as SGD_DEFINITION
 from functional_optim.sgd import SPARSE_WEIGHT_DECAY_ERROR, SGDState, SGDStatic, validate
 
 from . import convert
-from .optimizer import (FUSED_UNDER_COMPILE, FunctionalOptimizer, _cache_sized_chunks, check_grad_shapes,
+from .optimizer import (FUSED_UNDER_COMPILE, FunctionalOptimizer, _cache_sized_chunks, grad_shape_error,
                         saved_state_entries)
 
 __all__ = ["SGD"]
@@ -127,23 +127,36 @@ class SGD(FunctionalOptimizer):
                          maximize=group["maximize"])
 
     # ------------------------------------------------------------------ step
-    def _gather_group(self, group: dict) -> tuple[list, list, list]:
-        """The params with a gradient, their grads and (with momentum) their buffers or ``None``,
+    def _gather_group(self, group_index: int, group: dict) -> tuple[list, list, list, bool]:
+        """The params with a gradient, their grads, (with momentum) their buffers or ``None``, and
+        whether a gradient is sparse,
         as torch's ``_init_group`` gathers them, its fused device/dtype check included (named
-        otherwise: torch.compile special-cases ``_init_group`` with torch's signature)."""
+        otherwise: torch.compile special-cases ``_init_group`` with torch's signature). Each
+        gradient's shape is checked here (``check_grad_shapes``'s error), in the one pass over the
+        parameters; nothing is written (the state is read with ``get``), so :meth:`step` gathers
+        every group before it steps any."""
         params, grads, bufs = [], [], []
+        has_sparse_grad = False
         has_momentum, fused = group["momentum"] != 0, group["fused"]
-        for p in group["params"]:
-            if p.grad is None:
+        compiling = torch.compiler.is_compiling()  # (Dynamo cannot trace is_same_size)
+        state = self.state
+        for i, p in enumerate(group["params"]):
+            grad = p.grad
+            if grad is None:
                 continue
+            if (grad.shape != p.shape) if compiling else not grad.is_same_size(p):
+                raise grad_shape_error(self, group_index, i)
             if fused and getattr(self, "_need_device_dtype_check_for_fused", True):
                 _device_dtype_check_for_fused(p)
                 self._need_device_dtype_check_for_fused = False
             params.append(p)
-            grads.append(p.grad)
+            grads.append(grad)
+            if grad.is_sparse:
+                has_sparse_grad = True
             if has_momentum:
-                bufs.append(self.state[p].get("momentum_buffer"))
-        return params, grads, bufs
+                entry = state.get(p)
+                bufs.append(None if entry is None else entry.get("momentum_buffer"))
+        return params, grads, bufs, has_sparse_grad
 
     @_use_grad_for_differentiable
     def step(self, closure: Optional[Callable[[], float]] = None):
@@ -156,21 +169,19 @@ class SGD(FunctionalOptimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        check_grad_shapes(self)
-        for group in self.param_groups:
-            params, grads, bufs = self._gather_group(group)
+        gathered = [self._gather_group(g, group) for g, group in enumerate(self.param_groups)]
+        for group, (params, grads, bufs, has_sparse_grad) in zip(self.param_groups, gathered):
             if not params:
                 continue
-            bufs = self._sgd_group(group, params, grads, bufs)
+            bufs = self._sgd_group(group, params, grads, bufs, has_sparse_grad)
             if group["momentum"] != 0:
                 for p, buf in zip(params, bufs):
                     self.state[p]["momentum_buffer"] = buf
         return loss
 
-    def _sgd_group(self, group: dict, params: list, grads: list, bufs: list) -> list:
+    def _sgd_group(self, group: dict, params: list, grads: list, bufs: list, has_sparse_grad: bool) -> list:
         """One group's step by torch's choice of implementation; returns the momentum buffers."""
         hparams, static = self._step_hparams(group), self._static(group)
-        has_sparse_grad = any(g.is_sparse for g in grads)
         if group["fused"]:
             if has_sparse_grad:
                 raise RuntimeError("`_fused_sgd` does not support sparse gradients")
