@@ -14,7 +14,7 @@ from functional_optim._kernels.ops import LoopOps
 from functional_optim.muon import MUON, MuonHParams, muon_transformation, validate
 
 from . import convert
-from .optimizer import FunctionalOptimizer, check_grad_shapes, saved_state_entries
+from .optimizer import FunctionalOptimizer, saved_state_entries
 
 __all__ = ["Muon"]
 
@@ -68,16 +68,21 @@ class Muon(FunctionalOptimizer):
         like = p.grad if p.grad is not None else p
         return {"momentum_buffer": torch.zeros_like(like, memory_format=torch.preserve_format)}
 
-    def _gather(self, group: dict) -> tuple[list, list, dict]:
-        """torch's ``_init_group``: the checks and the lazy buffer, parameter by parameter."""
-        params, grads, bufs = [], [], []
-        for p in group["params"]:
-            if p.grad is None:
-                continue
+    def _grad_checker(self, group: dict):
+        """torch's ``_init_group`` checks, in its order (run for every group before any is stepped)."""
+        def check(p: torch.Tensor) -> None:
             if torch.is_complex(p):
                 raise RuntimeError("Muon does not support complex parameters")
             if p.grad.is_sparse:
                 raise RuntimeError("Muon does not support sparse gradients")
+        return check
+
+    def _gather(self, group: dict) -> tuple[list, list, dict]:
+        """torch's ``_init_group``: the lazy buffer, parameter by parameter (the checks ran first)."""
+        params, grads, bufs = [], [], []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
             params.append(p)
             grads.append(p.grad)
             state = self.state[p]
@@ -98,7 +103,7 @@ class Muon(FunctionalOptimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        check_grad_shapes(self)
+        self._check_grads()
         # under torch.compile scalars stay tensors (no .item() graph breaks)
         ops = LoopOps(host_scalars=not torch.compiler.is_compiling())
         for group in self.param_groups:

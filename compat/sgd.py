@@ -64,6 +64,18 @@ def _read_like_torch(hparams: Any, static: SGDStatic, loop: bool) -> Any:
     return hparams._replace(lr=read(lr), weight_decay=read(weight_decay))
 
 
+def _check_sparse(group: dict, has_sparse_grad: bool) -> None:
+    """torch's errors for a sparse gradient: the fused kernel takes none, and with weight decay
+    torch's ``grad.add(param)`` fails (torch raises at that gradient, midway; here before any
+    group is stepped; ``weight_decay != 0`` as torch tests it, a tensor's value included)."""
+    if not has_sparse_grad:
+        return
+    if group["fused"]:
+        raise RuntimeError("`_fused_sgd` does not support sparse gradients")
+    if group["weight_decay"] != 0:
+        raise RuntimeError(SPARSE_WEIGHT_DECAY_ERROR)
+
+
 class SGD(FunctionalOptimizer):
     """SGD with momentum with torch.optim.SGD's API; math in ``functional_optim.sgd``.
 
@@ -170,6 +182,8 @@ class SGD(FunctionalOptimizer):
             with torch.enable_grad():
                 loss = closure()
         gathered = [self._gather_group(g, group) for g, group in enumerate(self.param_groups)]
+        for group, (_, _, _, has_sparse_grad) in zip(self.param_groups, gathered):
+            _check_sparse(group, has_sparse_grad)  # every group's before any is stepped
         for group, (params, grads, bufs, has_sparse_grad) in zip(self.param_groups, gathered):
             if not params:
                 continue
@@ -183,11 +197,7 @@ class SGD(FunctionalOptimizer):
         """One group's step by torch's choice of implementation; returns the momentum buffers."""
         hparams, static = self._step_hparams(group), self._static(group)
         if group["fused"]:
-            if has_sparse_grad:
-                raise RuntimeError("`_fused_sgd` does not support sparse gradients")
             return self._fused_sgd(group, params, grads, bufs, static)
-        if has_sparse_grad and hparams.weight_decay != 0:  # torch fails at that grad; here before any change
-            raise RuntimeError(SPARSE_WEIGHT_DECAY_ERROR)
         host_scalars = not torch.compiler.is_compiling()
         if self._use_foreach(group, params):
             hparams = _read_like_torch(hparams, static, loop=False)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import importlib
 import itertools
+import re
 import warnings
 
 import pytest
@@ -369,6 +370,40 @@ def test_grad_of_another_shape_is_refused_before_anything_changes(name, grad_sha
     assert same_value(opt.state_dict(), before[0])
     assert all(torch.equal(p.detach(), b) for p, b in zip(params, before[1]))
 
+
+
+SPARSE_REFUSED = {  # classes (and flags) whose torch step refuses a sparse gradient
+    "Adam": {}, "AdamW": {}, "Adadelta": {}, "NAdam": {}, "RAdam": {}, "Adamax": {}, "ASGD": {}, "Rprop": {},
+    "RMSprop": {}, "Adafactor": {}, "Muon": {}, "Adagrad (weight_decay)": {"weight_decay": 0.1},
+    "SGD (weight_decay)": {"weight_decay": 0.1}, "SGD (fused)": {"fused": True},
+}
+
+
+@pytest.mark.parametrize("case", list(SPARSE_REFUSED))
+def test_a_refused_gradient_in_a_later_group_changes_nothing(case):
+    """torch checks each param group's gradients when it comes to that group, so a refused
+    (sparse) gradient in the second group raises after the first group was stepped; every compat
+    class raises torch's error before any group is stepped or any state is made."""
+    name, kwargs = case.split(" ")[0], SPARSE_REFUSED[case]
+    make = lambda: (torch.zeros(3, 3, requires_grad=True), torch.zeros(3, 3, requires_grad=True))  # noqa: E731
+    expected = outcome(lambda: _step_with_sparse_second(getattr(torch.optim, name), make(), kwargs))
+    assert expected[0] == "raised", expected  # torch refuses it too
+    first, second = make()
+    opt = getattr(compat, name)([first], lr=0.1, **kwargs)
+    opt.add_param_group({"params": [second]})
+    first.grad, second.grad = torch.ones(3, 3), torch.ones(3, 3).to_sparse()
+    before = copy.deepcopy(opt.state_dict())  # (Adagrad makes its state at construction, as torch)
+    with pytest.raises(expected[1], match=f"^{re.escape(expected[2])}$"):
+        opt.step()
+    assert torch.equal(first.detach(), torch.zeros(3, 3)) and same_value(opt.state_dict(), before)
+
+
+def _step_with_sparse_second(cls, params, kwargs):
+    first, second = params
+    opt = cls([first], lr=0.1, **kwargs)
+    opt.add_param_group({"params": [second]})
+    first.grad, second.grad = torch.ones(3, 3), torch.ones(3, 3).to_sparse()
+    opt.step()
 
 
 @pytest.mark.parametrize("name", ["Adam", "AdamW", "Adagrad", "NAdam", "Adafactor"])
