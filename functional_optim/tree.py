@@ -297,11 +297,13 @@ def check_state_like(reference: Any, state_field: Any, what: str, *, scalar: boo
         if not isinstance(v, torch.Tensor):
             raise ValueError(f"{what} at {paths()[i]} must be a Tensor, got {type(v).__name__}")
         shape = () if scalar else r.shape
-        if v.shape != shape:
-            raise ValueError(f"{what} at {paths()[i]} has shape {tuple(v.shape)}, expected {tuple(shape)}")
+        if v.shape != shape:  # (say where the expectation comes from: the updates may be the wrong ones)
+            source = "" if scalar else " (the updates' shape there)"
+            raise ValueError(f"{what} at {paths()[i]} has shape {tuple(v.shape)}, expected {tuple(shape)}{source}")
         expected = r.dtype if dtype is None else dtype
         if not scalar and v.dtype != expected:
-            raise ValueError(f"{what} at {paths()[i]} has dtype {v.dtype}, expected {expected}")
+            source = " (the updates' dtype there)" if dtype is None else ""
+            raise ValueError(f"{what} at {paths()[i]} has dtype {v.dtype}, expected {expected}{source}")
         if v.device != r.device:
             raise ValueError(f"{what} at {paths()[i]} is on {v.device}, expected {r.device}")
 
