@@ -9,12 +9,12 @@ import torch
 from torch.optim.optimizer import ParamsT
 
 from functional_optim._definition import run_kernel
-from functional_optim._kernels.muon import NS_COEFFICIENTS, NS_EPS, NS_STEPS
+from functional_optim._kernels.muon import NS_COEFFICIENTS, NS_EPS, NS_STEPS, check_newton_schulz_args
 from functional_optim._kernels.ops import LoopOps
 from functional_optim.muon import MUON, MuonHParams, muon_transformation, validate
 
 from . import convert
-from .optimizer import FunctionalOptimizer, saved_state_entries
+from .optimizer import FunctionalOptimizer, _cache_sized_chunks, saved_state_entries
 
 __all__ = ["Muon"]
 
@@ -69,12 +69,16 @@ class Muon(FunctionalOptimizer):
         return {"momentum_buffer": torch.zeros_like(like, memory_format=torch.preserve_format)}
 
     def _grad_checker(self, group: dict):
-        """torch's ``_init_group`` checks, in its order (run for every group before any is stepped)."""
+        """torch's checks of each gradient, in its order (``_init_group``'s, then its step's 2-D
+        check), run for every group before any is stepped: torch raises them midway, after
+        stepping (or making the buffers of) the parameters before the offending one."""
         def check(p: torch.Tensor) -> None:
             if torch.is_complex(p):
                 raise RuntimeError("Muon does not support complex parameters")
             if p.grad.is_sparse:
                 raise RuntimeError("Muon does not support sparse gradients")
+            if p.grad.dim() != 2:  # a vector added to the optimizer after construction
+                raise ValueError("Param gradient must be a 2D matrix")
         return check
 
     def _gather(self, group: dict) -> tuple[list, list, dict]:
@@ -104,13 +108,19 @@ class Muon(FunctionalOptimizer):
             with torch.enable_grad():
                 loss = closure()
         self._check_grads()
+        for group in self.param_groups:  # (changed in a group after construction: torch raises midway)
+            check_newton_schulz_args(group["ns_coefficients"], group["ns_steps"])
         # under torch.compile scalars stay tensors (no .item() graph breaks)
         ops = LoopOps(host_scalars=not torch.compiler.is_compiling())
         for group in self.param_groups:
             params, grads, state = self._gather(group)
             hparams, static = self._step_hparams(group), self._static(group)
-            for i, (p, g) in enumerate(zip(params, grads)):  # one at a time, as torch's loop
-                run_kernel(self.definition, ops, [p], [g], {k: [v[i]] for k, v in state.items()}, hparams, static)
+            # torch's loop finishes one parameter before the next; the kernel's math is per
+            # parameter, so cache-sized chunks of them give the same numbers with one Python call
+            # of each op per chunk instead of per parameter (many small matrices)
+            for chunk in _cache_sized_chunks(params):
+                run_kernel(self.definition, ops, [params[i] for i in chunk], [grads[i] for i in chunk],
+                           {k: [v[i] for i in chunk] for k, v in state.items()}, hparams, static)
         return loss
 
     # ------------------------------------------------------------------ the functional API, checkpoints

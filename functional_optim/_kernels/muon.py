@@ -120,8 +120,9 @@ def adjusted_lr_ratio(adjust_lr_fn: str | None, shape: Sequence[int]) -> float:
 def muon_kernel(ops: Ops, params: list, grads: list, state: dict, hparams: Any, static: Any):
     """One Muon step; returns ``(params, state)`` (the same tensors when ``ops`` is in place).
 
-    compat runs it one parameter at a time, as torch's loop does (so that an error for one
-    parameter leaves the earlier ones stepped, as in torch).
+    compat runs it over cache-sized chunks of parameters (torch's loop takes one at a time; the
+    math is per parameter, so the numbers are the same) after checking every gradient and the
+    Newton-Schulz arguments, so that an error changes nothing (torch raises midway).
     """
     lr, weight_decay, momentum, eps = hparams.lr, hparams.weight_decay, hparams.momentum, hparams.eps
     for g in grads:
