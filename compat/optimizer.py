@@ -414,10 +414,16 @@ def check_group_grads(optimizer: Optimizer, group_index: int, group: dict,
         grad = p.grad
         if grad is None:
             continue
-        if (grad.shape != p.shape) if compiling else not grad.is_same_size(p):
+        if grad_shape_differs(grad, p, compiling):
             raise grad_shape_error(optimizer, group_index, i)
         if check is not None:
             check(p)
+
+
+def grad_shape_differs(grad: Tensor, p: Tensor, compiling: bool) -> bool:
+    """``grad.shape != p.shape``: one ``is_same_size`` eagerly, the shapes while compiling
+    (``compiling``: ``torch.compiler.is_compiling()``, read once per loop by the caller)."""
+    return (grad.shape != p.shape) if compiling else not grad.is_same_size(p)
 
 
 def grad_shape_error(optimizer: Optimizer, group_index: int, index: int) -> RuntimeError:

@@ -22,8 +22,8 @@ from functional_optim.sgd import SGD as SGD_DEFINITION
 from functional_optim.sgd import SPARSE_WEIGHT_DECAY_ERROR, SGDState, SGDStatic, validate
 
 from . import convert
-from .optimizer import (FUSED_UNDER_COMPILE, FunctionalOptimizer, _cache_sized_chunks, grad_shape_error,
-                        saved_state_entries)
+from .optimizer import (FUSED_UNDER_COMPILE, FunctionalOptimizer, _cache_sized_chunks, grad_shape_differs,
+                        grad_shape_error, saved_state_entries)
 
 __all__ = ["SGD"]
 
@@ -150,13 +150,13 @@ class SGD(FunctionalOptimizer):
         params, grads, bufs = [], [], []
         has_sparse_grad = False
         has_momentum, fused = group["momentum"] != 0, group["fused"]
-        compiling = torch.compiler.is_compiling()  # (Dynamo cannot trace is_same_size)
+        compiling = torch.compiler.is_compiling()
         state = self.state
         for i, p in enumerate(group["params"]):
             grad = p.grad
             if grad is None:
                 continue
-            if (grad.shape != p.shape) if compiling else not grad.is_same_size(p):
+            if grad_shape_differs(grad, p, compiling):
                 raise grad_shape_error(self, group_index, i)
             if fused and getattr(self, "_need_device_dtype_check_for_fused", True):
                 _device_dtype_check_for_fused(p)

@@ -75,13 +75,6 @@ def map_updates(fn: Callable, updates: Any, *rest: Any) -> Any:
     return unflatten(spec, [None if u is None else fn(u, *r) for u, *r in zip(leaves, *others)])
 
 
-def map_with_params(fn: Callable, updates: Any, params: Any, who: str, *rest: Any) -> Any:
-    """:func:`map_updates` of ``fn(u, p, *r)`` after :func:`~functional_optim.tree.check_params_match`:
-    the updates must have the params' structure and, leaf by leaf, their shapes and devices."""
-    check_params_match(updates, params, who)
-    return map_updates(fn, updates, params, *rest)
-
-
 def select_tree(pred: Tensor, on_true: Any, on_false: Any) -> Any:
     """``torch.where(pred, a, b)`` leaf by leaf on two trees of the same structure.
 

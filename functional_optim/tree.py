@@ -226,8 +226,10 @@ def check_leaves_match(
     other_name: str,
     *,
     expected_shape: Callable[[torch.Tensor], torch.Size] | None = None,
+    check_dtype: bool = True,
 ) -> None:
-    """Check that each non-``None`` leaf of ``others`` has its parameter's shape, dtype and device.
+    """Check that each non-``None`` leaf of ``others`` has its parameter's shape, dtype (unless
+    ``check_dtype`` is false) and device.
 
     Raises ``ValueError`` naming the path of the first offending leaf (``paths`` may be a
     function returning them, called only then).
@@ -238,8 +240,8 @@ def check_leaves_match(
     for i, (p, o) in enumerate(zip(params, others)):
         if o is None:
             continue
-        if (type(o) is torch.Tensor and o.dtype == p.dtype and o.device == p.device and not o.is_sparse
-                and o.shape == (p.shape if expected_shape is None else expected_shape(p))):
+        if (type(o) is torch.Tensor and (o.dtype == p.dtype or not check_dtype) and o.device == p.device
+                and not o.is_sparse and o.shape == (p.shape if expected_shape is None else expected_shape(p))):
             continue  # the common case, checked without building a message
         if isinstance(o, torch.Tensor) and o.is_sparse:
             continue  # sparse gradients are checked by the optimizers that accept them
@@ -248,7 +250,7 @@ def check_leaves_match(
         shape = p.shape if expected_shape is None else expected_shape(p)
         if o.shape != shape:
             raise ValueError(f"{other_name} at {path_of(i)} has shape {tuple(o.shape)}, expected {tuple(shape)}")
-        if o.dtype != p.dtype:
+        if check_dtype and o.dtype != p.dtype:
             raise ValueError(f"{other_name} at {path_of(i)} has dtype {o.dtype}, expected {p.dtype}")
         if o.device != p.device:
             raise ValueError(f"{other_name} at {path_of(i)} is on {o.device}, expected {p.device}")
@@ -262,20 +264,9 @@ def check_params_match(tree: Any, params: Any, who: str, what: str = "updates", 
     parameter's. Raises ``ValueError`` naming ``who``, ``what`` and the path; only structures,
     shapes, dtypes and devices are compared (resolved at trace time under ``torch.compile``)."""
     check_same_structure(params, tree, "params", what, who)
-    leaves, p_leaves = flatten(tree)[0], flatten(params)[0]
-    paths = lazy_paths(params)
-    for i, (x, p) in enumerate(zip(leaves, p_leaves)):
-        if not (isinstance(x, torch.Tensor) and isinstance(p, torch.Tensor)):
-            continue
-        if x.shape != p.shape:
-            problem = f"has shape {tuple(x.shape)}, expected {tuple(p.shape)}"
-        elif same_dtype and x.dtype != p.dtype:
-            problem = f"has dtype {x.dtype}, expected {p.dtype}"
-        elif x.device != p.device:
-            problem = f"is on {x.device}, expected {p.device}"
-        else:
-            continue
-        raise ValueError(f"{who}: {what} at {paths()[i]} {problem} (the params')")
+    p_leaves = flatten(params)[0]
+    leaves = [x if isinstance(p, torch.Tensor) else None for x, p in zip(flatten(tree)[0], p_leaves)]
+    check_leaves_match(p_leaves, leaves, lazy_paths(params), f"{who}: {what}", check_dtype=same_dtype)
 
 
 def check_state_like(reference: Any, state_field: Any, what: str, *, scalar: bool = False,
