@@ -23,9 +23,15 @@ from functional_optim.sparse_adam import (
 )
 
 from . import convert
-from .optimizer import FunctionalOptimizer, check_grad_shapes
+from .optimizer import FunctionalOptimizer, check_group_grads
 
 __all__ = ["SparseAdam"]
+
+
+def _refuse_dense(p: torch.Tensor) -> None:
+    """torch's error for a dense gradient."""
+    if not p.grad.is_sparse:
+        raise RuntimeError(DENSE_GRADIENT_ERROR)
 
 
 class SparseAdam(FunctionalOptimizer):
@@ -79,7 +85,10 @@ class SparseAdam(FunctionalOptimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        check_grad_shapes(self)
+        # every gradient of every group first: torch raises at a dense one midway, after counting
+        # the steps of the parameters before it
+        for g, group in enumerate(self.param_groups):
+            check_group_grads(self, g, group, _refuse_dense)
         ops = LoopOps()
         for group in self.param_groups:
             params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
@@ -87,8 +96,6 @@ class SparseAdam(FunctionalOptimizer):
                 if p.grad is None:
                     continue
                 params.append(p)
-                if not p.grad.is_sparse:
-                    raise RuntimeError(DENSE_GRADIENT_ERROR)
                 grads.append(p.grad)
                 state = self.state[p]
                 if len(state) == 0:

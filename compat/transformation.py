@@ -256,8 +256,13 @@ class TransformationOptimizer(Optimizer):
         return loss
 
     def _apply_step(self) -> None:
-        """The step on the current gradients (after the closure), without torch's step hooks."""
+        """The step on the current gradients (after the closure), without torch's step hooks.
+
+        Every group's update is computed (the transformation is pure) before any group is
+        written, so an update that raises (a gradient the transformation refuses) changes nothing;
+        the updates of all groups are alive together for that moment."""
         check_grad_shapes(self)
+        computed = []
         for index, group in enumerate(self.param_groups):
             params = list(group["params"])
             grads = [p.grad for p in params]
@@ -265,12 +270,14 @@ class TransformationOptimizer(Optimizer):
                 continue
             if not self.state.get(params[0]):
                 state = self.transformation.init(params)
-                self._layouts[index] = layout = _layout(state, len(params))
+                layout = _layout(state, len(params))
             else:
                 layout = self._group_layout(index, params)
                 state = self._read(params, layout)
             updates, state = self.transformation.update(grads, state, params, self._step_hparams(group))
-            updates = flatten(updates)[0]
+            computed.append((index, group, params, layout, flatten(updates)[0], state))
+        for index, group, params, layout, updates, state in computed:
+            self._layouts[index] = layout
             if self.stochastic_rounding_seed is not None:
                 updates = self._add_stochastically(index, group, params, updates)
             for p, u in zip(params, updates):

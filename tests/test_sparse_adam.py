@@ -294,10 +294,11 @@ def test_param_errors_match_torch(params):
 
 def test_dense_gradient_error_and_the_state_it_leaves_match_torch():
     """torch counts the steps of the parameters before the dense one in its group (and steps the
-    earlier groups) before it raises."""
+    earlier groups) before it raises; the same error here, before anything is stepped or counted."""
     results = []
     for cls in (torch.optim.SparseAdam, SparseAdam):
         params = [p.requires_grad_() for p in _params(torch.float64)]
+        start = [p.detach().clone() for p in params]
         opt = cls([{"params": params[:1]}, {"params": params[1:]}])
         grads = _grads(params, 0)
         grads[2] = torch.ones_like(params[2])  # dense
@@ -305,8 +306,8 @@ def test_dense_gradient_error_and_the_state_it_leaves_match_torch():
         results.append((_raised(opt.step), [p.detach().clone() for p in params], opt.state_dict()))
     (ref_error, ref_params, ref_sd), (error, ours, sd) = results
     assert error == ref_error and error[0] is RuntimeError
-    assert all(torch.equal(a, b) for a, b in zip(ours, ref_params))
-    _assert_same_state_dicts(sd, ref_sd)
+    assert not all(torch.equal(a, b) for a, b in zip(ref_params, start))  # torch stepped the first group
+    assert all(torch.equal(a, b) for a, b in zip(ours, start)) and sd["state"] == {}
 
 
 def test_malformed_state_dict_is_refused_and_leaves_the_optimizer_unchanged():
