@@ -10,8 +10,7 @@ from torch.optim.optimizer import ParamsT
 
 from functional_optim.schedule_free import schedule_free_adamw, schedule_free_sgd
 
-from .optimizer import check_grad_shapes
-from .transformation import TransformationOptimizer, _layout
+from .transformation import TransformationOptimizer
 
 __all__ = ["AdamWScheduleFree", "SGDScheduleFree"]
 
@@ -135,23 +134,9 @@ class _ScheduleFree(TransformationOptimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        check_grad_shapes(self)
-        # as TransformationOptimizer.step, but a group whose grads are all None still counts the
-        # step (its k, weight sum and lr_max move on), as the reference's
-        for index, group in enumerate(self.param_groups):
-            params = list(group["params"])
-            if not self.state.get(params[0]):
-                state = self.transformation.init(params)
-                self._layouts[index] = layout = _layout(state, len(params))
-            else:
-                layout = self._group_layout(index, params)
-                state = self._read(params, layout)
-            updates, state = self.transformation.update([p.grad for p in params], state, params,
-                                                        self._step_hparams(group))
-            for p, u in zip(params, updates):
-                if u is not None:
-                    p.add_(u.to(p.dtype))
-            self._write(params, layout, state)
+        # a group whose grads are all None still counts the step (its k, weight sum and lr_max
+        # move on), as the reference's
+        self._update_then_write(skip_without_grads=False)
         return loss
 
 

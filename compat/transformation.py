@@ -256,9 +256,12 @@ class TransformationOptimizer(Optimizer):
         return loss
 
     def _apply_step(self) -> None:
-        """The step on the current gradients (after the closure), without torch's step hooks.
+        """The step on the current gradients (after the closure), without torch's step hooks; a
+        group whose gradients are all ``None`` is skipped."""
+        self._update_then_write(skip_without_grads=True)
 
-        Every group's update is computed (the transformation is pure) before any group is
+    def _update_then_write(self, skip_without_grads: bool) -> None:
+        """Every group's update is computed (the transformation is pure) before any group is
         written, so an update that raises (a gradient the transformation refuses) changes nothing;
         the updates of all groups are alive together for that moment."""
         check_grad_shapes(self)
@@ -266,7 +269,7 @@ class TransformationOptimizer(Optimizer):
         for index, group in enumerate(self.param_groups):
             params = list(group["params"])
             grads = [p.grad for p in params]
-            if all(g is None for g in grads):
+            if skip_without_grads and all(g is None for g in grads):
                 continue
             if not self.state.get(params[0]):
                 state = self.transformation.init(params)
