@@ -23,7 +23,7 @@ from functional_optim.sparse_adam import (
 )
 
 from . import convert
-from .optimizer import FunctionalOptimizer, check_group_grads
+from .optimizer import FunctionalOptimizer
 
 __all__ = ["SparseAdam"]
 
@@ -74,6 +74,10 @@ class SparseAdam(FunctionalOptimizer):
         """torch's layout: a Python int ``step`` and dense moments."""
         return {"step": 0, **self.definition.init_slots(p, None, None)}
 
+    def _grad_checker(self, group: dict):
+        """torch's error for a dense gradient (:meth:`_check_grads` runs it on every group first)."""
+        return _refuse_dense
+
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], float]] = None):
         """Perform a single optimization step.
@@ -87,8 +91,7 @@ class SparseAdam(FunctionalOptimizer):
                 loss = closure()
         # every gradient of every group first: torch raises at a dense one midway, after counting
         # the steps of the parameters before it
-        for g, group in enumerate(self.param_groups):
-            check_group_grads(self, g, group, _refuse_dense)
+        self._check_grads()
         ops = LoopOps()
         for group in self.param_groups:
             params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
