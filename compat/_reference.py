@@ -96,17 +96,19 @@ class ReferenceOptimizer(TransformationOptimizer):
         return loss
 
     def _step_groups(self) -> None:
-        """The step on the current gradients (the closure already run): counts, then the update."""
-        if self._ref_layout is not None:
-            for index, group in enumerate(self.param_groups):
-                if group["params"] and all(p.grad is None for p in group["params"]):
-                    self._advance_count(index, list(group["params"]))
+        """The step on the current gradients (the closure already run): the update, then the
+        counts of the groups without gradients, so that an update that raises (a gradient of a
+        wrong shape in any group) leaves every group's count as it was."""
         # TransformationOptimizer's step without torch's step hooks (this class's own step runs
         # them), called directly: reaching it through the hook wrapper's ``__wrapped__`` broke
         # Dynamo's graph there, and the frame before the break, which reads a scheduler's float
         # ``lr`` without using it, made Dynamo's float-tensorify pass specialize ``lr`` for the
         # frame after it too (one graph per lr: compat.Lamb)
         self._apply_step()
+        if self._ref_layout is not None:
+            for index, group in enumerate(self.param_groups):
+                if group["params"] and all(p.grad is None for p in group["params"]):
+                    self._advance_count(index, list(group["params"]))
 
     def _advance_count(self, index: int, params: list) -> None:
         """A group without gradients: the reference still counts the step (``group["step"] += 1``)."""

@@ -87,7 +87,10 @@ def scale_by_adan(b1: Number = 0.98, b2: Number = 0.92, b3: Number = 0.99, eps: 
 
     The count is shared by all leaves (as ``pytorch_optimizer``'s group step); whether a leaf
     has a previous gradient is kept per leaf (``has_prev``), as the reference, which sets a
-    parameter's previous gradient at its first gradient.
+    parameter's previous gradient at its first gradient. ``prev_grad`` is a copy of the
+    gradient, never the caller's tensor: a gradient the caller later changes in place (a
+    ``.grad`` that ``backward`` accumulates into after ``zero_grad(set_to_none=False)``) leaves
+    the state as it was.
 
     Example::
 
@@ -130,7 +133,7 @@ def scale_by_adan(b1: Number = 0.98, b2: Number = 0.92, b3: Number = 0.99, eps: 
                 root = torch.sqrt(n)
             denom = root / _like(bc3_sqrt, root) + _like(hp.eps, root)
             u = m / _like(bc1, m) / denom + v * _like(diff_scale, v) / denom
-            return u, m, v, n, g, torch.ones_like(seen)
+            return u, m, v, n, g.clone(), torch.ones_like(seen)
 
         out, m, v, n, prev, seen = leafwise(leaf, updates, state.m, state.v, state.n, state.prev_grad,
                                             state.has_prev, n_out=6)

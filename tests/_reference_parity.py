@@ -120,7 +120,8 @@ def check_vmap(tx, n: int = 3, steps: int = 3) -> None:
 
 
 def check_none_grads_and_purity(tx) -> None:
-    """A ``None`` grad leaf: update ``None``, its state leaves unchanged; inputs never mutated."""
+    """A ``None`` grad leaf: update ``None``, its state leaves unchanged; inputs never mutated,
+    and the new state holds none of them (a gradient changed in place later must not change it)."""
     params = small_tree(1)
     state = tx.init(params)
     grads = {k: torch.randn(v.shape) for k, v in params.items()}
@@ -139,9 +140,12 @@ def check_none_grads_and_purity(tx) -> None:
         if grads[k] is not None:
             assert torch.equal(grads[k], g_before[k])
     old_leaves = fo.tree.leaf_paths(state)
+    inputs = {t.untyped_storage().data_ptr() for t in [*params.values(), *grads.values()] if t is not None}
     for path, old, new in zip(old_leaves, fo.tree.flatten(state)[0], fo.tree.flatten(new_state)[0]):
         if "['b']" in path and isinstance(old, torch.Tensor):
             assert torch.equal(old, new), path
+        if isinstance(new, torch.Tensor):
+            assert new.untyped_storage().data_ptr() not in inputs, f"the new state at {path} holds an input"
 
 
 def check_state_dict_cross_load(ref_cls, compat_cls, kwargs: dict, dtype=torch.float64, steps: int = 3) -> None:

@@ -433,6 +433,29 @@ def test_the_classes_with_a_step_of_their_own_refuse_a_later_group_before_changi
     assert torch.equal(first.detach(), torch.zeros(3, 3)) and same_value(opt.state_dict(), before)
 
 
+@pytest.mark.parametrize("name", ["AdaBelief", "AdEMAMix", "Adan", "ADOPT", "SOAP", "SophiaH"])
+def test_a_refused_step_counts_no_group_without_gradients(name):
+    """The classes with a reference's state layout count a step for a group without gradients
+    (the reference's ``group["step"] += 1``): a step refused for another group's gradient (a wrong
+    shape here) counts nothing, so the state dict is as it was, and the next good step counts once.
+    (SophiaH is given its Hessian estimates: the gradients here have no graph.)"""
+    first, second = torch.zeros(3, 3, requires_grad=True), torch.zeros(3, 3, requires_grad=True)
+    opt = getattr(compat, name)([first], lr=0.1)
+    opt.add_param_group({"params": [second]})
+    kwargs = {"hessian": [torch.ones(3, 3), torch.ones(3, 3)]} if name == "SophiaH" else {}
+    second.grad = torch.ones(3, 3)
+    opt.step(**kwargs)
+    before = copy.deepcopy(opt.state_dict())
+    second.grad.data = torch.ones(3)  # (torch refuses a gradient of another shape, ``.data`` does not)
+    with pytest.raises(RuntimeError, match="has shape \\(3,\\)"):
+        opt.step(**kwargs)
+    assert same_value(opt.state_dict(), before)
+    second.grad = torch.ones(3, 3)
+    opt.step(**kwargs)
+    counts = [group.get("step") for group in opt.state_dict()["param_groups"]]
+    assert counts == [2, 2], counts
+
+
 def _step_with_sparse_second(cls, params, kwargs):
     first, second = params
     opt = cls([first], lr=0.1, **kwargs)

@@ -176,6 +176,35 @@ def test_deepcopy_mid_run_steps_like_the_original(name):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("name", list(_deepcopy_cases()) + ["Muon"])
+def test_gradients_written_in_place_step_as_fresh_ones(name):
+    """The same gradients handed over as new ``.grad`` tensors each step, or written into the
+    same ones (what ``backward`` does after ``zero_grad(set_to_none=False)``), give the same
+    steps: no state keeps the gradient tensor itself (``compat.Adan``'s previous gradient did,
+    and zeroing the gradients zeroed it)."""
+    make = _deepcopy_cases().get(name, getattr(compat, name))
+    torch.manual_seed(0)
+    base = [torch.randn(3, 2), torch.randn(2, 2)]
+    fresh, in_place = ([p.clone().requires_grad_() for p in base] for _ in range(2))
+    opts = [make(fresh), make(in_place)]
+    for opt in opts:
+        if hasattr(opt, "train"):
+            opt.train()
+    for p in in_place:
+        p.grad = torch.zeros_like(p)
+    for _ in range(4):
+        grads = [torch.randn_like(p) for p in base]
+        for p, g in zip(fresh, grads):
+            p.grad = g.clone()
+        for p, g in zip(in_place, grads):
+            p.grad.copy_(g)
+        for opt in opts:
+            opt.step()
+        opts[1].zero_grad(set_to_none=False)
+    for a, b in zip(fresh, in_place):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("name", ["Lion", "Lars", "AdaBelief", "Adan", "ADOPT", "AdEMAMix", "AdamWScheduleFree",
                                   "SGDScheduleFree", "Lamb", "Prodigy"])
 def test_compiled_step_with_float_lr_does_not_recompile(name):
