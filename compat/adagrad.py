@@ -16,7 +16,7 @@ from functional_optim._kernels.adagrad import adagrad_fused_
 from functional_optim._kernels.ops import ForeachOps
 from functional_optim.adagrad import ADAGRAD, AdagradHParams, validate
 
-from .optimizer import TORCH_VERSION, FunctionalOptimizer, _by_device_and_dtype
+from .optimizer import TORCH_VERSION, FunctionalOptimizer, SparseGradCheck, _by_device_and_dtype
 
 __all__ = ["Adagrad"]
 
@@ -25,6 +25,13 @@ __all__ = ["Adagrad"]
 #: GradScaler unscale the grads. As a drop-in, compat.Adagrad does what the installed torch does.
 _FUSED_ON_CUDA = TORCH_VERSION >= (2, 12)
 
+
+
+def _refuse_sparse_when_fused(p: Tensor) -> None:
+    """torch's error for a sparse gradient with ``fused=True`` (raised there when the group is
+    stepped; here for every group before any is)."""
+    if p.grad.is_sparse:
+        raise RuntimeError("`fused` does not support sparse grad or complex param")
 
 class Adagrad(FunctionalOptimizer):
     """Adagrad (Duchi et al., 2011) with torch.optim.Adagrad's API; math in ``functional_optim.adagrad``.
@@ -127,17 +134,20 @@ class Adagrad(FunctionalOptimizer):
         """Fused: torch's device/dtype check of the first parameter with a gradient, once per
         optimizer; otherwise the sparse-gradient checks."""
         if group["fused"]:
-            return self._check_fused_once
+            if getattr(self, "_need_device_dtype_check_for_fused", True):
+                return self._check_fused_once
+            return SparseGradCheck(_refuse_sparse_when_fused)
 
         def check(p: Tensor) -> None:
             if p.grad.is_sparse:
                 self.definition.check_grad(p.grad, self._hparams(group), self._static(group))
-        return check
+        return SparseGradCheck(check)
 
     def _check_fused_once(self, p: Tensor) -> None:
         if getattr(self, "_need_device_dtype_check_for_fused", True):
             _device_dtype_check_for_fused(p, cuda_unsupported=not _FUSED_ON_CUDA)
             self._need_device_dtype_check_for_fused = False
+        _refuse_sparse_when_fused(p)
 
     def _check_group(self, group: dict, params: list, state_steps: list) -> None:
         """torch.optim.Adagrad makes no per-group checks beyond those in :meth:`_step_group`."""

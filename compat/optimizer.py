@@ -154,7 +154,8 @@ class FunctionalOptimizer(Optimizer):
         if check is None:
             return None
         static = self._static(group)
-        return lambda p: check(p.grad, None, static)
+        checker = lambda p: check(p.grad, None, static)  # noqa: E731
+        return SparseGradCheck(checker) if self.definition.check_grad_refuses_only_sparse else checker
 
     def _check_group(self, group: dict, params: list, state_steps: list) -> None:
         """Per-step checks torch makes (override to add optimizer-specific ones)."""
@@ -407,9 +408,13 @@ def check_group_grads(optimizer: Optimizer, group_index: int, group: dict,
     free at run time)."""
     params = group["params"]
     compiling = torch.compiler.is_compiling()
-    if check is None and not compiling and all(
-            grad is None or grad.is_same_size(p) for grad, p in zip(map(_grad_of, params), params)):
-        return
+    if not compiling and (check is None or isinstance(check, SparseGradCheck)):
+        grads = map(_grad_of, params)
+        if check is None and all(grad is None or grad.is_same_size(p) for grad, p in zip(grads, params)):
+            return
+        if check is not None and all(grad is None or (grad.is_same_size(p) and not grad.is_sparse)
+                                     for grad, p in zip(grads, params)):
+            return
     for i, p in enumerate(params):
         grad = p.grad
         if grad is None:
@@ -418,6 +423,21 @@ def check_group_grads(optimizer: Optimizer, group_index: int, group: dict,
             raise grad_shape_error(optimizer, group_index, i)
         if check is not None:
             check(p)
+
+
+class SparseGradCheck:
+    """A gradient check that refuses nothing but sparse gradients (most of torch's optimizers
+    refuse them): :func:`check_group_grads` skips it for a group whose gradients are all dense,
+    in its one pass of ``is_same_size`` (compat's fused Adagrad and SGD steps on 1000 small
+    parameters spent 0.3–0.5 ms of their 5–8 ms calling a check per parameter)."""
+
+    __slots__ = ("check",)
+
+    def __init__(self, check: Callable[[Tensor], None]) -> None:
+        self.check = check
+
+    def __call__(self, p: Tensor) -> None:
+        self.check(p)
 
 
 def grad_shape_differs(grad: Tensor, p: Tensor, compiling: bool) -> bool:

@@ -152,15 +152,16 @@ class SGD(FunctionalOptimizer):
         has_momentum, fused = group["momentum"] != 0, group["fused"]
         compiling = torch.compiler.is_compiling()
         state = self.state
+        check_fused = fused and getattr(self, "_need_device_dtype_check_for_fused", True)
         for i, p in enumerate(group["params"]):
             grad = p.grad
             if grad is None:
                 continue
             if grad_shape_differs(grad, p, compiling):
                 raise grad_shape_error(self, group_index, i)
-            if fused and getattr(self, "_need_device_dtype_check_for_fused", True):
+            if check_fused:  # the first parameter with a gradient, once per optimizer (as torch)
                 _device_dtype_check_for_fused(p)
-                self._need_device_dtype_check_for_fused = False
+                self._need_device_dtype_check_for_fused = check_fused = False
             params.append(p)
             grads.append(grad)
             if grad.is_sparse:

@@ -47,6 +47,9 @@ class OptimizerDefinition:
     supports_complex: bool = True
     supports_sparse: bool = False
     check_grad: Optional[Callable[[Tensor, Any, Any], None]] = None  # raises torch's errors
+    #: ``check_grad`` refuses nothing but sparse gradients (compat then checks a group whose
+    #: gradients are all dense in one fast pass, without calling it per parameter)
+    check_grad_refuses_only_sparse: bool = False
     #: (param shape, static) -> {slot: shape, or None where the slot is absent}; by default every
     #: slot has the param's shape (``scalar_slots`` are 0-d). Must agree with ``init_slots``
     #: (tested); it lets ``update`` check a state without creating anything.

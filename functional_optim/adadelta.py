@@ -67,6 +67,7 @@ ADADELTA = OptimizerDefinition(
     init_slots=_init_slots,
     kernel=adadelta_kernel,
     check_grad=_check_grad,
+    check_grad_refuses_only_sparse=True,
 )
 
 

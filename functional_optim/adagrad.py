@@ -66,6 +66,7 @@ ADAGRAD = OptimizerDefinition(
     kernel=adagrad_kernel,
     supports_sparse=True,
     check_grad=_check_grad,
+    check_grad_refuses_only_sparse=True,
 )
 
 

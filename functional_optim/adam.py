@@ -70,6 +70,7 @@ ADAM = OptimizerDefinition(
     init_slots=_init_slots,
     kernel=adam_kernel,
     check_grad=_check_grad,
+    check_grad_refuses_only_sparse=True,
     slot_shapes=_slot_shapes,
 )
 

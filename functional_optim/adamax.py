@@ -67,6 +67,7 @@ ADAMAX = OptimizerDefinition(
     init_slots=_init_slots,
     kernel=adamax_kernel,
     check_grad=_check_grad,
+    check_grad_refuses_only_sparse=True,
 )
 
 

@@ -70,6 +70,7 @@ ASGD = OptimizerDefinition(
     init_slots=_init_slots,
     kernel=asgd_kernel,
     check_grad=_check_grad,
+    check_grad_refuses_only_sparse=True,
     scalar_slots=("eta", "mu"),
 )
 

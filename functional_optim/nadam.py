@@ -76,6 +76,7 @@ NADAM = OptimizerDefinition(
     init_slots=_init_slots,
     kernel=nadam_kernel,
     check_grad=_check_grad,
+    check_grad_refuses_only_sparse=True,
     scalar_slots=("mu_product",),
 )
 

@@ -62,6 +62,7 @@ RADAM = OptimizerDefinition(
     init_slots=_init_slots,
     kernel=radam_kernel,
     check_grad=_check_grad,
+    check_grad_refuses_only_sparse=True,
 )
 
 

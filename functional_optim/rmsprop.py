@@ -83,6 +83,7 @@ RMSPROP = OptimizerDefinition(
     init_slots=_init_slots,
     kernel=rmsprop_kernel,
     check_grad=_check_grad,
+    check_grad_refuses_only_sparse=True,
     slot_shapes=_slot_shapes,
     elementwise=True,
 )

@@ -73,6 +73,7 @@ RPROP = OptimizerDefinition(
     init_slots=_init_slots,
     kernel=rprop_kernel,
     check_grad=_check_grad,
+    check_grad_refuses_only_sparse=True,
 )
 
 

@@ -375,7 +375,7 @@ def test_grad_of_another_shape_is_refused_before_anything_changes(name, grad_sha
 SPARSE_REFUSED = {  # classes (and flags) whose torch step refuses a sparse gradient
     "Adam": {}, "AdamW": {}, "Adadelta": {}, "NAdam": {}, "RAdam": {}, "Adamax": {}, "ASGD": {}, "Rprop": {},
     "RMSprop": {}, "Adafactor": {}, "Muon": {}, "Adagrad (weight_decay)": {"weight_decay": 0.1},
-    "SGD (weight_decay)": {"weight_decay": 0.1}, "SGD (fused)": {"fused": True},
+    "SGD (weight_decay)": {"weight_decay": 0.1}, "SGD (fused)": {"fused": True}, "Adagrad (fused)": {"fused": True},
 }
 
 
@@ -396,6 +396,52 @@ def test_a_refused_gradient_in_a_later_group_changes_nothing(case):
     with pytest.raises(expected[1], match=f"^{re.escape(expected[2])}$"):
         opt.step()
     assert torch.equal(first.detach(), torch.zeros(3, 3)) and same_value(opt.state_dict(), before)
+
+
+@pytest.mark.parametrize("name", ["Adam", "Adagrad"])
+def test_a_sparse_gradient_after_dense_steps_is_refused_before_anything_changes(name):
+    """After a first step on dense gradients compat checks a group of dense gradients in one fast
+    pass (:class:`compat.optimizer.SparseGradCheck`); a sparse gradient that comes later still gets
+    torch's error (fused Adagrad's, Adam's) with nothing changed."""
+    kwargs = {"fused": True} if name == "Adagrad" else {}
+    first, second = torch.zeros(3, 3, requires_grad=True), torch.zeros(3, 3, requires_grad=True)
+    opt = getattr(compat, name)([first], lr=0.1, **kwargs)
+    opt.add_param_group({"params": [second]})
+    first.grad, second.grad = torch.ones(3, 3), torch.ones(3, 3)
+    opt.step()
+    ref_params = (torch.zeros(3, 3, requires_grad=True), torch.zeros(3, 3, requires_grad=True))
+    expected = outcome(lambda: _step_with_sparse_second(getattr(torch.optim, name), ref_params, kwargs))
+    assert expected[0] == "raised", expected
+    second.grad = torch.ones(3, 3).to_sparse()
+    before, params_before = copy.deepcopy(opt.state_dict()), (first.detach().clone(), second.detach().clone())
+    with pytest.raises(expected[1], match=f"^{re.escape(expected[2])}$"):
+        opt.step()
+    assert same_value(opt.state_dict(), before)
+    assert torch.equal(first.detach(), params_before[0]) and torch.equal(second.detach(), params_before[1])
+
+
+def test_definitions_that_refuse_only_sparse_gradients_pass_every_dense_one():
+    """``check_grad_refuses_only_sparse`` lets compat skip ``check_grad`` for dense gradients:
+    each definition that declares it accepts dense real and complex gradients with any flags."""
+    import functional_optim._definition as definition_module
+    from _registry import OPTIMIZERS
+
+    declared = [e for e in OPTIMIZERS if getattr(e.compat_cls, "definition", None) is not None
+                and e.compat_cls.definition.check_grad_refuses_only_sparse]
+    assert {e.name for e in declared} >= {"adam", "adagrad", "rmsprop", "rprop"}
+    for entry in declared:
+        definition = entry.compat_cls.definition
+        assert isinstance(definition, definition_module.OptimizerDefinition)
+        hparams = entry.factory(**entry.kwargs).hparams
+        static = compat_static(entry)
+        for grad in (torch.ones(3, 2), torch.ones(3, 2, dtype=torch.complex64), torch.ones(())):
+            definition.check_grad(grad, hparams, static)
+
+
+def compat_static(entry):
+    """The static record ``entry``'s compat class steps its param group with."""
+    opt = entry.compat_cls([torch.zeros(2, requires_grad=True)], **entry.kwargs)
+    return opt._static(opt.param_groups[0])
 
 
 @pytest.mark.parametrize("name", ["SparseAdam", "TransformationOptimizer", "AdamWScheduleFree"])
