@@ -11,7 +11,7 @@
 #   bash benchmarks/cuda_session.sh
 # Stages, each under its own time limit so that the whole fits in one 10-minute call:
 #   1. the CUDA tests (tests/test_cuda.py, and the CUDA cases of the other files), log in $OUT;
-#   2. python -m benchmarks.run --quick --large --torch-optim --device cuda (cuda-quick.{md,json,png}).
+#   2. python -m benchmarks.run --quick --large --torch-optim --device cuda (cuda-<gpu>-quick.{md,json,png}).
 # Extra arguments go to the benchmark (e.g. --optimizers Adam,SGD). DEVICE=cpu runs the same
 # stages on the CPU (a dry run of the script itself; the CUDA tests then skip).
 set -u
@@ -49,7 +49,7 @@ echo "== stage 2: benchmark (limit ${BENCH_LIMIT_S} s)"
 large=()
 [ "$DEVICE" = cuda ] && large=(--large)
 timeout "$BENCH_LIMIT_S" "$PY" -m benchmarks.run --quick "${large[@]}" --torch-optim --device "$DEVICE" \
-    --out "$OUT" --name "$DEVICE-quick" "$@" > "$OUT/benchmark.log" 2>&1
+    --out "$OUT" "$@" > "$OUT/benchmark.log" 2>&1
 echo "benchmark exit status $?" | tee -a "$OUT/benchmark.log"
 tail -n 5 "$OUT/benchmark.log"
 ls -l "$OUT"
