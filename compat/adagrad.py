@@ -26,12 +26,15 @@ __all__ = ["Adagrad"]
 _FUSED_ON_CUDA = TORCH_VERSION >= (2, 12)
 
 
+_FUSED_REFUSES = "`fused` does not support sparse grad or complex param"  # torch's message
+
 
 def _refuse_sparse_when_fused(p: Tensor) -> None:
     """torch's error for a sparse gradient with ``fused=True`` (raised there when the group is
     stepped; here for every group before any is)."""
     if p.grad.is_sparse:
-        raise RuntimeError("`fused` does not support sparse grad or complex param")
+        raise RuntimeError(_FUSED_REFUSES)
+
 
 class Adagrad(FunctionalOptimizer):
     """Adagrad (Duchi et al., 2011) with torch.optim.Adagrad's API; math in ``functional_optim.adagrad``.
@@ -168,7 +171,7 @@ class Adagrad(FunctionalOptimizer):
         has_sparse_grad = any(g.is_sparse for g in grads)
         if group["fused"]:
             if has_sparse_grad or any(torch.is_complex(p) for p in params):
-                raise RuntimeError("`fused` does not support sparse grad or complex param")
+                raise RuntimeError(_FUSED_REFUSES)
             if group["differentiable"]:
                 raise RuntimeError("adagrad with fused=True does not support differentiable=True")
         elif has_sparse_grad and self._use_foreach(group, params):
