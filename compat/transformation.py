@@ -88,6 +88,13 @@ def _entry_name(entry: Any) -> str:
     return str(getattr(entry, "field", entry.entry))
 
 
+def _child(node: Any, entry: Any) -> Any:
+    """``entry(node)``: the child of ``node`` at an optree path entry. (Read through ``entry.entry``:
+    Dynamo in torch 2.11 fails inlining the entry's ``__call__``, "object has no attribute 'entry'".)"""
+    key = entry.entry
+    return getattr(node, key) if isinstance(entry, optree.GetAttrEntry) else node[key]
+
+
 def _layout(template: Any, n_params: int) -> _Layout:
     """Where each leaf of a group's state lives in ``optimizer.state`` (see the module docstring)."""
 
@@ -107,7 +114,7 @@ def _layout(template: Any, n_params: int) -> _Layout:
                 index = entry.entry
             else:
                 parts.append(_entry_name(entry))
-            node = entry(node)
+            node = _child(node, entry)
         slots.append(_Slot(index, ".".join(parts) or "state"))
     return _Layout(n_params, spec, slots, _skeleton(template))
 

@@ -21,7 +21,6 @@ unchanged: the leaf's update is ``None`` and its state is left as it is.
 from __future__ import annotations
 
 import fnmatch
-import re
 from typing import Any, Callable, Mapping, NamedTuple, Sequence, Union
 
 import optree
@@ -119,18 +118,23 @@ def by_name(rules: Rules, default: Any = _NO_DEFAULT) -> Callable[[Any], Any]:
         rule_fn = rules
     else:
         pairs = list(rules.items()) if isinstance(rules, Mapping) else list(rules)
-        # compiled once here: fnmatch's own pattern cache does not trace under torch.compile
-        matchers = [(re.compile(fnmatch.translate(pattern)).match, value) for pattern, value in pairs]
 
         def rule_fn(name, leaf):
-            for match, value in matchers:
-                if match(name):
+            for pattern, value in pairs:
+                if _glob_matches(pattern, name):
                     return value
             if default is _NO_DEFAULT:
                 raise ValueError(f"no rule matches the parameter named {name!r} and no default was given")
             return default
 
     return _NamedRules(rule_fn)
+
+
+@torch.compiler.assume_constant_result
+def _glob_matches(pattern: str, name: str) -> bool:
+    """``fnmatch.fnmatchcase(name, pattern)``, run as plain Python while tracing too: the names
+    and patterns are constants, and Dynamo in torch 2.11 cannot trace ``re.Pattern.match``."""
+    return fnmatch.fnmatchcase(name, pattern)
 
 
 class _NamedRules:

@@ -79,7 +79,9 @@ def _is_leaf_node(node: Any) -> bool:
 
 
 def _is_namedtuple(node: Any) -> bool:
-    return isinstance(node, tuple) and hasattr(type(node), "_fields")
+    """A NamedTuple instance. (``hasattr`` on the instance: Dynamo in torch 2.11 cannot trace
+    ``hasattr`` on its class, and a graph break there broke every fullgraph compile.)"""
+    return isinstance(node, tuple) and hasattr(node, "_fields")
 
 
 def _traced_leaves(node: Any, out: list) -> None:
