@@ -149,7 +149,8 @@ class Adagrad(FunctionalOptimizer):
     def _check_fused_once(self, p: Tensor) -> None:
         if getattr(self, "_need_device_dtype_check_for_fused", True):
             _device_dtype_check_for_fused(p, cuda_unsupported=not _FUSED_ON_CUDA)
-            self._need_device_dtype_check_for_fused = False
+            if not torch.compiler.is_compiling():  # (a traced step checks at every trace; torch 2.11's Dynamo cannot set it)
+                self._need_device_dtype_check_for_fused = False
         _refuse_sparse_when_fused(p)
 
     def _check_group(self, group: dict, params: list, state_steps: list) -> None:

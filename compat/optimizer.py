@@ -22,7 +22,6 @@ import numbers
 import operator
 from typing import Any, Callable, ClassVar, Optional
 
-import optree
 import torch
 from torch import Tensor
 from torch.optim.optimizer import (
@@ -36,6 +35,7 @@ from torch.optim.optimizer import (
 
 from functional_optim._definition import OptimizerDefinition, run_kernel
 from functional_optim._kernels.ops import ForeachOps, LoopOps
+from functional_optim.tree import _is_namedtuple
 from functional_optim._validate import float64_scalar, squeeze_scalar
 
 from . import convert
@@ -83,9 +83,19 @@ SCHEDULED_HPARAMS = ("lr", "betas", "momentum")
 def floats_as_tensors(hparams: Any) -> Any:
     """Every Python float in ``hparams`` (a value, a tuple such as ``betas``, or a whole record) as
     :func:`traceable_float`, for a compiled step; tensors, ints and ``None`` as they are. Whether a
-    group has momentum at all is read from the group itself (its static choices), not from here."""
-    return optree.tree_map(lambda x: traceable_float(x) if isinstance(x, float) else x, hparams,
-                           none_is_leaf=True)
+    group has momentum at all is read from the group itself (its static choices), not from here.
+    Tuples, NamedTuples, lists and dicts are walked in Python (``optree.tree_map`` over a tuple
+    fails in torch 2.11's Dynamo)."""
+    if isinstance(hparams, float):
+        return traceable_float(hparams)
+    kind = type(hparams)
+    if kind is tuple or kind is list:
+        return kind(floats_as_tensors(x) for x in hparams)
+    if _is_namedtuple(hparams):
+        return kind(*(floats_as_tensors(x) for x in hparams))
+    if kind is dict:
+        return {key: floats_as_tensors(value) for key, value in hparams.items()}
+    return hparams
 
 
 class FunctionalOptimizer(Optimizer):
@@ -124,8 +134,10 @@ class FunctionalOptimizer(Optimizer):
         hparams = self._hparams(group)
         if not torch.compiler.is_compiling() or group.get("fused"):
             return hparams
-        return hparams._replace(**{name: floats_as_tensors(getattr(hparams, name))
-                                   for name in SCHEDULED_HPARAMS if name in hparams._fields})
+        # (built with the record's constructor: a ``_replace`` record that escapes a graph break
+        # fails Dynamo's reconstruction in torch 2.11)
+        return type(hparams)(*(floats_as_tensors(value) if name in SCHEDULED_HPARAMS else value
+                               for name, value in zip(hparams._fields, hparams)))
 
     def _static(self, group: dict) -> Any:
         return self.definition.static_type(**{f: group[f] for f in self.definition.static_type._fields})
@@ -523,15 +535,17 @@ def _cache_sized_chunks(params: list) -> list[list[int]]:
     return chunks
 
 
-def _by_device_and_dtype(params: list, grads: list, state: dict):
-    """Yield ``(params, grads, state)`` sub-lists sharing one device and dtype, as torch groups them."""
+def _by_device_and_dtype(params: list, grads: list, state: dict) -> list:
+    """``(params, grads, state)`` sub-lists sharing one device and dtype, as torch groups them.
+    (A list, not a generator: torch 2.11's Dynamo could not resume a generator after a graph
+    break and ran the whole group step eagerly, reading the steps with ``.item()``.)"""
+    if torch.compiler.is_compiling():
+        return [(params, grads, state)]
     keys = [k for k, v in state.items() if any(t is not None for t in v)]  # None entries ride along
     lists = [params, grads] + [state[k] for k in keys]
-    if torch.compiler.is_compiling():
-        yield params, grads, state
-        return
-    grouped = Optimizer._group_tensors_by_device_and_dtype(lists)
-    for (g_params, g_grads, *g_slots), _ in grouped.values():
+    out = []
+    for (g_params, g_grads, *g_slots), _ in Optimizer._group_tensors_by_device_and_dtype(lists).values():
         g_state = {k: [None] * len(g_params) for k in state}
         g_state.update(zip(keys, g_slots))
-        yield g_params, g_grads, g_state
+        out.append((g_params, g_grads, g_state))
+    return out

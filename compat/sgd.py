@@ -161,7 +161,9 @@ class SGD(FunctionalOptimizer):
                 raise grad_shape_error(self, group_index, i)
             if check_fused:  # the first parameter with a gradient, once per optimizer (as torch)
                 _device_dtype_check_for_fused(p)
-                self._need_device_dtype_check_for_fused = check_fused = False
+                check_fused = False
+                if not compiling:  # (a traced step checks at every trace; torch 2.11's Dynamo cannot set it)
+                    self._need_device_dtype_check_for_fused = False
             params.append(p)
             grads.append(grad)
             if grad.is_sparse:

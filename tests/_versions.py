@@ -56,3 +56,17 @@ def skip_unless_torch_adagrad_fused_on(device: str) -> None:
     if refusal is not None:
         since = " (torch runs it on CUDA from 2.12 on)" if device == "cuda" else ""
         pytest.skip(f"torch {torch.__version__} refuses Adagrad(fused=True) on {device}{since}: {refusal}")
+
+
+@functools.cache
+def dtensor_sharding_missing(op_name: str) -> bool:
+    """Whether the installed torch's DTensor has no sharding rule for ``aten.<op_name>.default``
+    (torch 2.11 has none for ``_foreach_rsqrt_``, which torch's own foreach Adafactor calls too)."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - depends on the build
+        return True
+    op = getattr(torch.ops.aten, op_name).default
+    prop = DTensor._op_dispatcher.sharding_propagator
+    tables = ("op_strategy_funcs", "op_single_dim_strategy_funcs", "op_to_rules")
+    return not any(op in getattr(prop, table, {}) for table in tables)

@@ -194,6 +194,11 @@ def launched(tmp_path_factory):
 @pytest.mark.skipif(not _gloo_available(), reason="torch.distributed with the gloo backend is not available")
 @pytest.mark.parametrize("case", CASES)
 def test_sharded_matches_unsharded(launched, case):
+    from _versions import dtensor_sharding_missing
+
+    if case == "compat/Adafactor/foreach" and dtensor_sharding_missing("_foreach_rsqrt_"):
+        pytest.skip(f"torch {torch.__version__}'s DTensor has no sharding rule for aten._foreach_rsqrt_, which "
+                    "torch.optim.Adafactor(foreach=True) calls as compat's foreach step does")
     results, output = launched
     r = results.get(case)
     assert r is not None, f"{case}: no result (the ranks stopped before it):\n{output}"

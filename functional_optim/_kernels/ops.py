@@ -721,7 +721,8 @@ class LoopOps(Ops):
 
 
 def _is_tensor_list(scalar) -> bool:
-    return isinstance(scalar, (list, tuple)) and bool(scalar) and isinstance(scalar[0], Tensor)
+    # (len, not bool(list): torch 2.11's Dynamo cannot trace bool of a list, and fell back to eager)
+    return isinstance(scalar, (list, tuple)) and len(scalar) > 0 and isinstance(scalar[0], Tensor)
 
 
 class ForeachOps(Ops):
