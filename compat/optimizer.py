@@ -35,7 +35,7 @@ from torch.optim.optimizer import (
 
 from functional_optim._definition import OptimizerDefinition, run_kernel
 from functional_optim._kernels.ops import ForeachOps, LoopOps
-from functional_optim.tree import _is_namedtuple
+from functional_optim.tree import map_plain_containers
 from functional_optim._validate import float64_scalar, squeeze_scalar
 
 from . import convert
@@ -84,18 +84,8 @@ def floats_as_tensors(hparams: Any) -> Any:
     """Every Python float in ``hparams`` (a value, a tuple such as ``betas``, or a whole record) as
     :func:`traceable_float`, for a compiled step; tensors, ints and ``None`` as they are. Whether a
     group has momentum at all is read from the group itself (its static choices), not from here.
-    Tuples, NamedTuples, lists and dicts are walked in Python (``optree.tree_map`` over a tuple
-    fails in torch 2.11's Dynamo)."""
-    if isinstance(hparams, float):
-        return traceable_float(hparams)
-    kind = type(hparams)
-    if kind is tuple or kind is list:
-        return kind(floats_as_tensors(x) for x in hparams)
-    if _is_namedtuple(hparams):
-        return kind(*(floats_as_tensors(x) for x in hparams))
-    if kind is dict:
-        return {key: floats_as_tensors(value) for key, value in hparams.items()}
-    return hparams
+    Walked in Python (:func:`functional_optim.tree.map_plain_containers`)."""
+    return map_plain_containers(lambda x: traceable_float(x) if isinstance(x, float) else x, hparams)
 
 
 class FunctionalOptimizer(Optimizer):

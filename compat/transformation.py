@@ -56,7 +56,7 @@ from functional_optim import _validate
 from functional_optim.base import GradientTransformation, apply_updates
 from functional_optim.inject import named_hparams, replace_hparams
 from functional_optim.rounding import fold_in
-from functional_optim.tree import _is_namedtuple, flatten
+from functional_optim.tree import _is_namedtuple, flatten, map_plain_containers
 
 from .optimizer import check_grad_shapes, floats_as_tensors
 
@@ -123,16 +123,14 @@ def _skeleton(node: Any) -> Any:
     """``node``'s containers with every leaf ``None`` (no tensor kept alive), walked in Python:
     under torch.compile, unflattening a spec around constant leaves is what Dynamo's optree
     polyfill gets wrong (see :func:`_refill`)."""
-    kind = type(node)
-    if kind is list or kind is tuple:
-        return kind(_skeleton(child) for child in node)
-    if _is_namedtuple(node):
-        return kind(*(_skeleton(child) for child in node))
-    if kind is dict:
-        return {key: _skeleton(value) for key, value in node.items()}
+    return map_plain_containers(_skeleton_leaf, node)
+
+
+def _skeleton_leaf(node: Any) -> Any:
+    """``None`` for a leaf; another container type is kept as it is (:func:`_refill` hands it to optree)."""
     if node is None or isinstance(node, Tensor) or optree.tree_is_leaf(node, none_is_leaf=True):
         return None
-    return node  # another container type: kept as it is (_refill hands it to optree)
+    return node
 
 
 def _refill(node: Any, leaves: Any) -> Any:

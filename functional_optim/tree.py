@@ -84,6 +84,20 @@ def _is_namedtuple(node: Any) -> bool:
     return isinstance(node, tuple) and hasattr(node, "_fields")
 
 
+def map_plain_containers(fn: Callable[[Any], Any], node: Any) -> Any:
+    """``node`` with every list, tuple, NamedTuple and dict rebuilt and ``fn`` applied to
+    everything else, walked in Python (traceable by Dynamo where optree's ``tree_map`` is not:
+    torch 2.11's fails on a tuple; an optree-registered node is handed to ``fn`` whole)."""
+    kind = type(node)
+    if kind is list or kind is tuple:
+        return kind(map_plain_containers(fn, child) for child in node)
+    if _is_namedtuple(node):
+        return kind(*(map_plain_containers(fn, child) for child in node))
+    if kind is dict:
+        return {key: map_plain_containers(fn, value) for key, value in node.items()}
+    return fn(node)
+
+
 def _traced_leaves(node: Any, out: list) -> None:
     """Append ``node``'s leaves to ``out`` in optree's order (dict keys sorted, NamedTuple fields
     in order), walking plain containers in Python and handing any other node to optree."""
