@@ -70,3 +70,20 @@ def dtensor_sharding_missing(op_name: str) -> bool:
     prop = DTensor._op_dispatcher.sharding_propagator
     tables = ("op_strategy_funcs", "op_single_dim_strategy_funcs", "op_to_rules")
     return not any(op in getattr(prop, table, {}) for table in tables)
+
+
+@functools.cache
+def vmap_dtype_view_refusal() -> str | None:
+    """``None`` where ``torch.func.vmap`` batches ``Tensor.view(dtype)`` (the bit views stochastic
+    rounding draws through), else torch's refusal (torch 2.11 has no batching rule for it)."""
+    try:
+        torch.func.vmap(lambda x: x.view(torch.int32))(torch.zeros(2, 3))
+    except RuntimeError as e:
+        return str(e)
+    return None
+
+
+def skip_unless_vmap_batches_dtype_views() -> None:
+    refusal = vmap_dtype_view_refusal()
+    if refusal is not None:
+        pytest.skip(f"torch {torch.__version__}'s vmap cannot batch Tensor.view(dtype): {refusal}")

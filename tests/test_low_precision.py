@@ -15,6 +15,7 @@ from torch.func import grad, vmap
 import compat
 import functional_optim as fo
 from _reference_parity import check_compiled_no_recompile, check_none_grads_and_purity, check_vmap, small_tree
+from _versions import skip_unless_vmap_batches_dtype_views
 from functional_optim import scaling as S
 
 BF16 = torch.bfloat16
@@ -42,6 +43,7 @@ def _values(n: int = 96, seed: int = 0) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------- stochastic_round
 def test_each_result_is_a_neighbour_and_the_mean_is_x():
+    skip_unless_vmap_batches_dtype_views()
     x = torch.cat([_values(), torch.tensor([1 + 2 ** -9, 1 + 2 ** -12, -(1 + 3 * 2 ** -10), 1e-40, -3e-39])])
     n = 4000
     keys = torch.arange(n, dtype=torch.int64)
@@ -153,6 +155,7 @@ def test_compiled_with_inductor_equals_eager():
 
 
 def test_vmap_over_keys_and_values_equals_a_loop():
+    skip_unless_vmap_batches_dtype_views()
     xs = torch.randn(4, 10)
     keys = torch.arange(4) * 7
     out = vmap(lambda x, k: fo.stochastic_round(x, BF16, k))(xs, keys)
@@ -357,6 +360,7 @@ def test_a_training_step_compiles_once_with_stochastic_rounding():
 
 
 def test_apply_updates_under_vmap_with_batched_keys():
+    skip_unless_vmap_batches_dtype_views()
     params = (1 + torch.rand(3, 10)).to(BF16)
     updates = torch.randn(3, 10) * 1e-3
     keys = torch.tensor([1, 2, 3])
