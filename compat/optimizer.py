@@ -411,11 +411,9 @@ def check_group_grads(optimizer: Optimizer, group_index: int, group: dict,
     params = group["params"]
     compiling = torch.compiler.is_compiling()
     if not compiling and (check is None or isinstance(check, SparseGradCheck)):
-        grads = map(_grad_of, params)
-        if check is None and all(grad is None or grad.is_same_size(p) for grad, p in zip(grads, params)):
-            return
-        if check is not None and all(grad is None or (grad.is_same_size(p) and not grad.is_sparse)
-                                     for grad, p in zip(grads, params)):
+        dense_only = check is not None  # (a SparseGradCheck passes every dense gradient)
+        if all(grad is None or (grad.is_same_size(p) and not (dense_only and grad.is_sparse))
+               for grad, p in zip(map(_grad_of, params), params)):
             return
     for i, p in enumerate(params):
         grad = p.grad
