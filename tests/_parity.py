@@ -88,6 +88,18 @@ def _equal(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.equal(a, b)
 
 
+def same_value(a, b) -> bool:
+    """Equal values of a state dict: tensors bitwise with dtype and shape, containers recursively."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype
+                and a.shape == b.shape and torch.equal(a.detach(), b.detach()))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return list(a) == list(b) and all(same_value(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
+    return type(a) is type(b) and a == b
+
+
 def run_compat_parity(torch_cls, compat_cls, kwargs: dict, dtype: torch.dtype, steps: int = 6,
                       two_groups: bool = True, swap_at: int | None = None,
                       grad_fn: Callable = grads_for_step) -> None:

@@ -26,7 +26,7 @@ import pytest
 import torch
 
 import compat
-from _parity import make_params
+from _parity import make_params, same_value
 
 # torch's differentiable mode steps non-leaf params, whose .grad access warns
 pytestmark = pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf")
@@ -155,18 +155,6 @@ def assert_matches(ours, ref, opt_ours, opt_ref, bitwise: bool) -> None:
         torch.testing.assert_close(o.detach(), r.detach(), rtol=1e-4, atol=1e-5)
         for key, value in opt_ref.state[r].items():
             torch.testing.assert_close(opt_ours.state[o][key], value, rtol=1e-4, atol=1e-5)
-
-
-def same_value(a, b) -> bool:
-    """Equal values of a state dict: tensors bitwise with dtype and shape, containers recursively."""
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype
-                and a.shape == b.shape and torch.equal(a.detach(), b.detach()))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return list(a) == list(b) and all(same_value(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return type(a) is type(b) and len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
-    return type(a) is type(b) and a == b
 
 
 def is_bitwise(name: str, impl: str, dtype: torch.dtype) -> bool:

@@ -23,6 +23,7 @@ import pytest
 import torch
 
 import compat
+from _parity import same_value
 
 try:
     from torch.testing._internal.common_optimizers import OptimizerErrorEnum, optim_db
@@ -65,18 +66,6 @@ def _run(cls, name: str, kwargs: dict, dtype: torch.dtype):
     return ("ok", [p.detach().clone() for p in params], opt.state_dict())
 
 
-def _same(a, b) -> bool:
-    """Bitwise equal values: tensors with dtype and shape, containers recursively."""
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype
-                and a.shape == b.shape and torch.equal(a, b))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    return a == b
-
-
 def _configs(info, dtype: torch.dtype) -> list:
     if "dtype" in inspect.signature(info.optim_inputs_func).parameters:
         return list(info.optim_inputs_func(device="cpu", dtype=dtype))
@@ -113,7 +102,7 @@ def test_optim_db_configurations_step_bitwise_as_torch(name):
                     assert got == expected, where
                     continue
                 assert all(torch.equal(a, b) for a, b in zip(got[1], expected[1])), where
-                assert _same(got[2], expected[2]), where
+                assert same_value(got[2], expected[2]), where
                 compared += 1
     assert compared > 0
 
