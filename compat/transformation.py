@@ -56,7 +56,7 @@ from functional_optim import _validate
 from functional_optim.base import GradientTransformation, apply_updates
 from functional_optim.inject import named_hparams, replace_hparams
 from functional_optim.rounding import fold_in
-from functional_optim.tree import _is_namedtuple, flatten, map_plain_containers
+from functional_optim.tree import _is_namedtuple, entry_name, flatten, map_plain_containers
 
 from .optimizer import check_grad_shapes, floats_as_tensors
 
@@ -84,10 +84,6 @@ def _leaves(tree: Any) -> list:
     return optree.tree_leaves(tree, none_is_leaf=True)
 
 
-def _entry_name(entry: Any) -> str:
-    return str(getattr(entry, "field", entry.entry))
-
-
 def _child(node: Any, entry: Any) -> Any:
     """``entry(node)``: the child of ``node`` at an optree path entry. (Read through ``entry.entry``:
     Dynamo in torch 2.11 fails inlining the entry's ``__call__``, "object has no attribute 'entry'".)"""
@@ -113,7 +109,7 @@ def _layout(template: Any, n_params: int) -> _Layout:
             if index is None and per_param(node):
                 index = entry.entry
             else:
-                parts.append(_entry_name(entry))
+                parts.append(entry_name(entry))
             node = _child(node, entry)
         slots.append(_Slot(index, ".".join(parts) or "state"))
     return _Layout(n_params, spec, slots, _skeleton(template))

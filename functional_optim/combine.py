@@ -28,7 +28,8 @@ import torch
 from torch import Tensor
 
 from .base import GradientTransformation
-from .tree import check_params_match, check_same_structure, check_state_type, flatten, leaf_paths, rebuild_like, unflatten
+from .tree import (check_params_match, check_same_structure, check_state_type, entry_name, flatten, leaf_paths,
+                   rebuild_like, unflatten)
 
 __all__ = [
     "MaskedNode",
@@ -87,16 +88,12 @@ def select_tree(pred: Tensor, on_true: Any, on_false: Any) -> Any:
                             for a, b in zip(new, old)])
 
 
-def _entry_name(entry: Any) -> str:
-    return str(getattr(entry, "field", entry.entry))
-
-
 def leaf_names(tree: Any) -> list[str]:
     """Dotted name of every leaf: ``{"enc": {"weight": w}}`` -> ``"enc.weight"``; list items by index.
 
     For ``dict(model.named_parameters())`` these are the module's parameter names.
     """
-    return [".".join(_entry_name(e) for e in acc) for acc in optree.tree_accessors(tree, none_is_leaf=True)]
+    return [".".join(entry_name(e) for e in acc) for acc in optree.tree_accessors(tree, none_is_leaf=True)]
 
 
 _NO_DEFAULT = object()

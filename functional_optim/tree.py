@@ -180,6 +180,11 @@ def _rebuild(node: Any, remaining: Any) -> Any:
     return unflatten_fn(metadata, [_rebuild(child, remaining) for child in children])
 
 
+def entry_name(entry: Any) -> str:
+    """The name of one optree path entry: a NamedTuple's field name, else the key or index."""
+    return str(getattr(entry, "field", entry.entry))
+
+
 def format_path(path: tuple) -> str:
     """Render an optree path as ``tree['w'][0].bias`` style text (``<root>`` for a bare leaf)."""
     if not path:
