@@ -12,6 +12,7 @@ from functional_optim.adan import ClipByGlobalNormAdanHParams, adan, clip_by_glo
 import torch
 
 from ._reference import ReferenceLayout, ReferenceOptimizer, check_extra, check_lr
+from .optimizer import closure_loss
 
 # pytorch_optimizer keeps the negated previous gradient and has state only for parameters that had one
 _LAYOUT = ReferenceLayout(
@@ -72,10 +73,7 @@ class Adan(ReferenceOptimizer):
         Args:
             closure (Callable, optional): A closure that reevaluates the model and returns the loss.
         """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         if self.max_grad_norm <= 0.0:
             self._step_groups()
             return loss

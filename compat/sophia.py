@@ -17,7 +17,7 @@ from functional_optim.sophia import (
 )
 
 from ._reference import ReferenceLayout, ReferenceOptimizer, check_lr
-from .optimizer import check_grad_shapes
+from .optimizer import check_grad_shapes, closure_loss
 from .transformation import _layout
 
 __all__ = ["SophiaH"]
@@ -108,10 +108,7 @@ class SophiaH(ReferenceOptimizer):
             hessian (list of Tensors, optional): Hessian-diagonal estimates, one per parameter
                 (all param groups, in order), used instead of the Hutchinson estimate.
         """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         check_grad_shapes(self)
         self._check_grads()
         if hessian is not None:
