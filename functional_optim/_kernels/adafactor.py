@@ -88,9 +88,11 @@ def adafactor_kernel(ops: Ops, params: list, grads: list, state: dict, hparams: 
 
 
 def _mean_squares(ops: Ops, grads: list, dim: int) -> list:
-    """``(g * g).mean(dim, keepdim=True)`` as torch computes it: ``norm(g, dim)^2 / size``."""
-    means = ops.square([torch.norm(g, dim=dim, keepdim=True) for g in grads])
-    return ops.div_(means, [g.size(dim) for g in grads])
+    """``(g * g).mean(dim, keepdim=True)`` as torch computes it: ``norm(g, dim)^2 / size``
+    (the norms are this step's own tensors: squared and divided in place where ``ops`` write in
+    place, as torch's ``square_().div_()`` and ``_foreach_mul_(means, means)``)."""
+    norms = [torch.norm(g, dim=dim, keepdim=True) for g in grads]
+    return ops.div_(ops.mul_tensors_(norms, norms), [g.size(dim) for g in grads])
 
 
 def _at_most(x: Scalar, bound: Scalar) -> Scalar:

@@ -720,6 +720,11 @@ class LoopOps(Ops):
         return axs
 
 
+#: whether this torch's ``_foreach_lerp_`` takes one number per tensor (the ``ScalarList``
+#: overload, which torch's foreach Adafactor calls); without it, one ``lerp_`` per tensor
+FOREACH_LERP_HAS_NUMBER_LIST = "ScalarList" in torch.ops.aten._foreach_lerp_.overloads()
+
+
 def _is_tensor_list(scalar) -> bool:
     # (len, not bool(list): torch 2.11's Dynamo cannot trace bool of a list, and fell back to eager)
     return isinstance(scalar, (list, tuple)) and len(scalar) > 0 and isinstance(scalar[0], Tensor)
@@ -795,6 +800,8 @@ class ForeachOps(Ops):
             if _is_tensor_list(weight):
                 weight = [w.to(x.dtype).expand_as(x) for w, x in zip(weight, xs)]
                 torch._foreach_lerp_(xs, ends, weight)
+            elif FOREACH_LERP_HAS_NUMBER_LIST:
+                torch._foreach_lerp_(xs, ends, list(weight))
             else:
                 for x, e, w in zip(xs, ends, weight):
                     x.lerp_(e, w)
