@@ -10,18 +10,24 @@ several times per step), so this class is a ``torch.optim.Optimizer`` of its own
 # is torch's own (``inspect.signature`` compares equal).
 
 import copy
+import inspect
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT
 
-from functional_optim._kernels.lbfgs import flat_grad_of, lbfgs_step, param_steps
+from functional_optim._kernels.lbfgs import Negated, flat_grad_of, lbfgs_step, param_steps
 from functional_optim._validate import squeeze_scalar
 from functional_optim.lbfgs import LBFGSHParams, LBFGSState, LBFGSStatic, lbfgs, validate
 from functional_optim.tree import flatten, leaf_paths
 
 __all__ = ["LBFGS"]
+
+#: whether the installed torch's LBFGS has ``maximize`` (torch >= 2.14): its param group then
+#: carries the key, and so does ours; on an older torch ours takes ``maximize`` too and records it
+#: only when it is true, so that its state dicts keep that torch's keys
+TORCH_HAS_MAXIMIZE = "maximize" in inspect.signature(torch.optim.LBFGS).parameters
 
 
 class _ParamObjective:
@@ -57,7 +63,9 @@ class LBFGS(Optimizer):
     As torch: one parameter group, ``step(closure)`` required (the closure re-evaluates the model
     and returns the loss; it runs with grad enabled), up to ``max_iter`` iterations per step,
     ``line_search_fn`` ``None`` or ``"strong_wolfe"`` (anything else raises at ``step``), the
-    state of all parameters kept under the first one, torch's errors. ``to_functional`` /
+    state of all parameters kept under the first one, torch's errors. ``maximize`` ascends the
+    objective (torch >= 2.14's keyword, also here on an older torch). With no parameters, ``step``
+    only evaluates the closure and returns its loss (torch >= 2.14). ``to_functional`` /
     ``load_functional`` move the run to :func:`functional_optim.lbfgs` and back.
     """
 
@@ -71,6 +79,8 @@ class LBFGS(Optimizer):
         tolerance_change: float = 1e-9,
         history_size: int = 100,
         line_search_fn: str | None = None,
+        *,
+        maximize: bool = False,
     ) -> None:
         validate(lr)
         if max_eval is None:
@@ -84,6 +94,8 @@ class LBFGS(Optimizer):
             "history_size": history_size,
             "line_search_fn": line_search_fn,
         }
+        if TORCH_HAS_MAXIMIZE or maximize:
+            defaults["maximize"] = maximize
         super().__init__(params, defaults)
         if len(self.param_groups) != 1:
             raise ValueError("LBFGS doesn't support per-parameter options (parameter groups)")
@@ -94,7 +106,8 @@ class LBFGS(Optimizer):
         group = self.param_groups[0]
         hparams = LBFGSHParams(squeeze_scalar(group["lr"]), group["max_iter"], group["max_eval"],
                                group["tolerance_grad"], group["tolerance_change"])
-        return hparams, LBFGSStatic(group["history_size"], group["line_search_fn"])
+        # (a group without the key: a state dict of torch < 2.14, or made by one; torch reads it so too)
+        return hparams, LBFGSStatic(group["history_size"], group["line_search_fn"], group.get("maximize", False))
 
     @torch.no_grad()
     def step(self, closure):  # type: ignore[override]
@@ -107,13 +120,19 @@ class LBFGS(Optimizer):
         if len(self.param_groups) != 1:
             raise AssertionError(f"Expected exactly one param_group, but got {len(self.param_groups)}")
         closure = torch.enable_grad()(closure)
+        if not self._params:  # nothing to move (and no first parameter to keep the state under)
+            return closure()
         hparams, static = self._config()
         # LBFGS has one state for all parameters; like torch, it lives under the first one
         state = self.state[self._params[0]]
         state.setdefault("func_evals", 0)
         state.setdefault("n_iter", 0)
         orig_loss = closure()
-        lbfgs_step(_ParamObjective(self._params, closure), state, hparams, static, float(orig_loss))
+        objective = _ParamObjective(self._params, closure)
+        if static.maximize:
+            lbfgs_step(Negated(objective), state, hparams, static, -float(orig_loss))
+        else:
+            lbfgs_step(objective, state, hparams, static, float(orig_loss))
         return orig_loss
 
     # ------------------------------------------------------------------ the functional API
@@ -135,7 +154,8 @@ class LBFGS(Optimizer):
         self._check_leaves(params)
         hparams, static = self._config()
         transformation = lbfgs(hparams.lr, hparams.max_iter, hparams.max_eval, hparams.tolerance_grad,
-                               hparams.tolerance_change, static.history_size, static.line_search_fn)
+                               hparams.tolerance_change, static.history_size, static.line_search_fn,
+                               maximize=static.maximize)
         entry = copy.deepcopy(dict(self.state.get(self._params[0], {})))
         return transformation, LBFGSState(**{k: entry.get(k, LBFGSState._field_defaults[k]) for k in LBFGSState._fields})
 

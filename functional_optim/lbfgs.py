@@ -14,7 +14,7 @@ from torch import Tensor
 
 from . import _validate
 from ._definition import check_params
-from ._kernels.lbfgs import flat_grad_of, lbfgs_step, param_steps
+from ._kernels.lbfgs import Negated, flat_grad_of, lbfgs_step, param_steps
 from .base import GradientTransformation
 from .tree import check_leaves_match, check_state_type, flatten_like, flatten_plain, lazy_paths, unflatten
 
@@ -35,10 +35,12 @@ class LBFGSHParams(NamedTuple):
 
 
 class LBFGSStatic(NamedTuple):
-    """Choices fixed when the optimizer is made: the memory's length and the line search."""
+    """Choices fixed when the optimizer is made: the memory's length, the line search, and
+    ``maximize`` (ascend the objective: torch >= 2.14)."""
 
     history_size: int = 100
     line_search_fn: Optional[str] = None
+    maximize: bool = False
 
 
 class LBFGSState(NamedTuple):
@@ -152,9 +154,13 @@ def lbfgs(
     tolerance_change: float = 1e-9,
     history_size: int = 100,
     line_search_fn: Optional[str] = None,
+    *,
+    maximize: bool = False,
 ) -> GradientTransformation:
     """L-BFGS (Nocedal 1980; Liu & Nocedal 1989) equal to ``torch.optim.LBFGS``: one ``update`` is
-    one ``torch.optim.LBFGS.step(closure)`` (torch's arguments and defaults).
+    one ``torch.optim.LBFGS.step(closure)`` (torch's arguments and defaults). ``maximize`` ascends
+    the objective (minimises ``-value``), as torch >= 2.14's ``LBFGS(maximize=True)``; it works
+    with any torch here.
 
     ``update(grads, state, params, hparams=None, *, value, value_fn=None, value_and_grad_fn=None)``:
 
@@ -191,7 +197,7 @@ def lbfgs(
     if max_eval is None:
         max_eval = max_iter * 5 // 4
     defaults = _validate.scalar_hparams(LBFGSHParams(lr, max_iter, max_eval, tolerance_grad, tolerance_change), "lbfgs")
-    static = LBFGSStatic(history_size, line_search_fn)
+    static = LBFGSStatic(history_size, line_search_fn, bool(maximize))
 
     def init(params: Any) -> LBFGSState:
         leaves, _ = flatten_plain(params)
@@ -221,7 +227,10 @@ def lbfgs(
         torch_state = {k: v for k, v in zip(LBFGSState._fields, state) if v is not None}
         objective = _TreeObjective(leaves, spec, paths, g_leaves, evaluate)
         with torch.no_grad():
-            lbfgs_step(objective, torch_state, hp, static, float(value))
+            if static.maximize:
+                lbfgs_step(Negated(objective), torch_state, hp, static, -float(value))
+            else:
+                lbfgs_step(objective, torch_state, hp, static, float(value))
             updates = [new - old for new, old in zip(objective.leaves, leaves)]
         return unflatten(spec, updates), LBFGSState(**{k: torch_state.get(k) for k in LBFGSState._fields})
 

@@ -63,7 +63,8 @@ MUON = OptimizerDefinition(
     check_grad=_check_grad,
 )
 
-_ADJUST_LR_FNS = (None, "original", "match_rms_adamw")
+#: torch >= 2.14 adds ``"spectral_unclamped"``; it is accepted here with any torch
+_ADJUST_LR_FNS = (None, "original", "match_rms_adamw", "spectral_unclamped")
 
 
 def validate(hparams: MuonHParams, adjust_lr_fn: Optional[str]) -> None:
@@ -130,7 +131,8 @@ def muon(
     (:func:`newton_schulz`: ``ns_coefficients`` and ``eps`` as torch), decoupled weight decay
     ``theta <- theta (1 - lr wd)`` and ``theta <- theta - lr * r * O`` with the shape factor
     ``r`` of ``adjust_lr_fn`` (``None``/``"original"``: ``sqrt(max(1, m / n))``;
-    ``"match_rms_adamw"``: ``0.2 sqrt(max(m, n))``, Liu et al. 2025).
+    ``"match_rms_adamw"``: ``0.2 sqrt(max(m, n))``, Liu et al. 2025; ``"spectral_unclamped"``:
+    ``sqrt(m / n)``, Bernstein's spectral scaling, torch >= 2.14, accepted here with any torch).
 
     Only 2-D parameters (``ValueError`` naming the path otherwise); give biases, norms and
     embeddings another optimizer, e.g. ``fo.partition({"muon": fo.muon(), "adamw": fo.adamw()},

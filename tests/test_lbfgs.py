@@ -17,7 +17,7 @@ import torch
 
 import compat
 import functional_optim as fo
-from compat.lbfgs import LBFGS
+from compat.lbfgs import LBFGS, TORCH_HAS_MAXIMIZE
 from functional_optim.lbfgs import LBFGSHParams, LBFGSState, lbfgs
 
 pytestmark = pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad=True to a scalar")  # torch's float(loss)
@@ -93,7 +93,14 @@ def _torch_run(cls, kwargs, dtype, steps, loss_fn=rosenbrock, start=None, swap_a
 
 # ------------------------------------------------------------------ API
 def test_signature_and_defaults_are_torchs():
-    assert inspect.signature(LBFGS) == inspect.signature(torch.optim.LBFGS)
+    """torch's signature; on a torch before 2.14 (no ``maximize``) torch's plus ours keyword-only
+    ``maximize=False``, which then stays out of the defaults (torch's state dict keys)."""
+    ours, theirs = inspect.signature(LBFGS), inspect.signature(torch.optim.LBFGS)
+    if TORCH_HAS_MAXIMIZE:
+        assert ours == theirs
+    else:
+        maximize = inspect.Parameter("maximize", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=bool)
+        assert ours == theirs.replace(parameters=[*theirs.parameters.values(), maximize])
     params = [torch.zeros(2, requires_grad=True)]
     assert LBFGS(params).defaults == torch.optim.LBFGS(params).defaults
     assert LBFGS(params, max_iter=8).defaults == torch.optim.LBFGS(params, max_iter=8).defaults
@@ -129,6 +136,71 @@ def test_compat_matches_torch_on_complex_and_sparse_gradients(line_search_fn):
     ours = _torch_run(LBFGS, kwargs, torch.float64, 3, loss_fn, start)
     for (rp, rl, rsd), (op, ol, osd) in zip(ref, ours):
         _same((op, ol, osd), (rp, rl, rsd))
+
+
+def negated(loss_fn):
+    return lambda p: -loss_fn(p)
+
+
+@pytest.mark.parametrize("kwargs", [dict(max_iter=4), dict(max_iter=20, line_search_fn="strong_wolfe", history_size=2)],
+                         ids=str)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_maximize_matches_torch(kwargs, dtype):
+    """``maximize=True`` on ``-f`` is torch's minimisation of ``f`` (any torch: it negates every loss
+    and gradient, an exact operation) and, where torch has the flag (>= 2.14), torch's
+    ``maximize=True`` on ``-f``: params, the state bitwise, the closure's own loss returned; both
+    APIs, and the state dicts cross-loaded with torch mid-run where torch has the flag."""
+    minimised = _torch_run(torch.optim.LBFGS, kwargs, dtype, 4)
+    up = dict(kwargs, maximize=True)
+    ours = _torch_run(LBFGS, up, dtype, 4, negated(rosenbrock))
+    for step, ((rp, rl, rsd), (op, ol, osd)) in enumerate(zip(minimised, ours)):
+        _same(op, rp, f"params after step {step}")
+        _same(ol, -rl, f"loss of step {step}")
+        _same(osd["state"], rsd["state"], f"state after step {step}")
+        assert osd["param_groups"][0]["maximize"] is True
+    if TORCH_HAS_MAXIMIZE:
+        ref = _torch_run(torch.optim.LBFGS, up, dtype, 4, negated(rosenbrock), swap_at=1, other=LBFGS)
+        swapped = _torch_run(LBFGS, up, dtype, 4, negated(rosenbrock), swap_at=1, other=torch.optim.LBFGS)
+        for step, (r, o, s) in enumerate(zip(ref, ours, swapped)):
+            _same(o, r, f"step {step}")
+            _same(s, r, f"step {step}, cross-loaded")
+    functional = _functional_steps(up, dtype, 4, negated(rosenbrock), resync=minimised)
+    rtol = 1e-15 if dtype == torch.float64 else 1e-7
+    for step, ((rp, rl, rsd), (fp, fl, fstate)) in enumerate(zip(minimised, functional)):
+        assert float(fl) == -float(rl)
+        _assert_state_matches(fstate, rsd["state"][0], f"state after step {step}")
+        for k in rp:
+            torch.testing.assert_close(fp[k], rp[k], rtol=rtol, atol=rtol)
+
+
+def test_step_without_parameters_returns_the_closures_loss():
+    """A group with no parameters: the closure runs once and its loss comes back, nothing else
+    (torch >= 2.14; an older torch fails looking for a first parameter to keep the state under)."""
+    opt = LBFGS([{"params": []}])
+    calls = []
+    assert opt.step(lambda: calls.append(1) or torch.tensor(2.5)).item() == 2.5
+    assert calls == [1] and not opt.state
+    if TORCH_HAS_MAXIMIZE:
+        assert torch.optim.LBFGS([{"params": []}]).step(lambda: torch.tensor(2.5)).item() == 2.5
+
+
+def test_state_dict_of_a_torch_without_maximize_loads():
+    """A param group saved without ``maximize`` (torch < 2.14) steps as ``maximize=False``."""
+    ref = _torch_run(LBFGS, dict(max_iter=4), torch.float64, 2)
+    sd = copy.deepcopy(ref[0][2])
+    sd["param_groups"][0].pop("maximize", None)
+    params = {k: v.clone().requires_grad_() for k, v in ref[0][0].items()}
+    opt = LBFGS(list(params.values()), max_iter=4)
+    opt.load_state_dict(sd)
+
+    def closure():
+        opt.zero_grad()
+        loss = rosenbrock(params)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    _same({k: v.detach() for k, v in params.items()}, ref[1][0])
 
 
 # ------------------------------------------------------------------ errors, side by side with torch

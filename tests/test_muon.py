@@ -24,9 +24,23 @@ requires_torch_muon = pytest.mark.skipif(
     TorchMuon is None, reason=f"torch {torch.__version__} has no torch.optim.Muon (added in torch 2.9)"
 )
 
+
+
+def _torch_accepts(adjust_lr_fn: str) -> bool:
+    """Whether the installed torch's Muon takes ``adjust_lr_fn`` (``"spectral_unclamped"``: torch >= 2.14)."""
+    try:
+        TorchMuon([torch.zeros(2, 2, requires_grad=True)], adjust_lr_fn=adjust_lr_fn)
+    except ValueError:
+        return False
+    return True
+
+
+ADJUST_LR_FNS = [None, "original", "match_rms_adamw"]
+if TorchMuon is not None and _torch_accepts("spectral_unclamped"):
+    ADJUST_LR_FNS.append("spectral_unclamped")
 FLAGS = [
     dict(nesterov=n, adjust_lr_fn=a, weight_decay=w)
-    for n, a, w in itertools.product([True, False], [None, "original", "match_rms_adamw"], [0.0, 0.1])
+    for n, a, w in itertools.product([True, False], ADJUST_LR_FNS, [0.0, 0.1])
 ]
 HP = dict(lr=0.05, momentum=0.9)
 # functional vs torch: float64/float32 to rounding of the last add; half types to an ulp of the params
@@ -158,6 +172,35 @@ def test_compat_matches_torch_bitwise_in_half_precision(nesterov, dtype):
 def test_compat_torch_configurations_match_bitwise(kwargs):
     """optim_db's configurations (defaults, tensor lr, ns settings) and edge values."""
     run_compat(kwargs, torch.float32, steps=3, two_groups="lr" not in kwargs, swap_at=1)
+
+
+@requires_torch_muon
+@pytest.mark.parametrize("shape", [(3, 6), (6, 3), (4, 4)])
+def test_spectral_unclamped_scales_lr_by_the_root_of_the_aspect_ratio(shape):
+    """``adjust_lr_fn="spectral_unclamped"`` (torch >= 2.14, here with any torch) scales ``lr`` by
+    ``sqrt(A / B)`` unclamped: torch's step with ``lr * sqrt(A / B)`` given and no scale of its own
+    (``"original"`` scales a wide matrix by 1; without weight decay, which would read the scaled
+    ``lr``), bitwise on a wide, a tall and a square matrix, compat and functional."""
+    ratio = (shape[0] / shape[1]) ** 0.5
+    if shape[0] > shape[1]:  # "original" scales a tall matrix by the same sqrt(A / B): nothing to undo
+        ratio = 1.0
+    g = torch.Generator().manual_seed(3)
+    start = torch.randn(shape, generator=g, dtype=torch.float64)
+    ref, ours = start.clone().requires_grad_(), start.clone().requires_grad_()
+    opt_ref = TorchMuon([ref], lr=0.05 * ratio, weight_decay=0.0, adjust_lr_fn="original")
+    opt_ours = Muon([ours], lr=0.05, weight_decay=0.0, adjust_lr_fn="spectral_unclamped")
+    tx = muon(lr=0.05, weight_decay=0.0, adjust_lr_fn="spectral_unclamped")
+    tree = {"w": start.clone()}
+    state = tx.init(tree)
+    for _ in range(3):
+        grad = torch.randn(shape, generator=g, dtype=torch.float64)
+        ref.grad, ours.grad = grad.clone(), grad.clone()
+        opt_ref.step()
+        opt_ours.step()
+        assert torch.equal(ours, ref)
+        updates, state = tx.update({"w": grad}, state, tree)
+        tree = fo.apply_updates(tree, updates)
+        torch.testing.assert_close(tree["w"], ref.detach(), rtol=1e-12, atol=1e-14)
 
 
 @requires_torch_muon

@@ -39,7 +39,7 @@ from typing import Any, Callable, Optional, Protocol, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["Objective", "lbfgs_step", "strong_wolfe", "cubic_interpolate", "flat_grad_of", "param_steps"]
+__all__ = ["Objective", "Negated", "lbfgs_step", "strong_wolfe", "cubic_interpolate", "flat_grad_of", "param_steps"]
 
 #: the state keys written at the end of a step, in torch's order
 STEP_KEYS = ("d", "t", "old_dirs", "old_stps", "ro", "H_diag", "prev_flat_grad", "prev_loss")
@@ -65,6 +65,35 @@ class Objective(Protocol):
 
     def restore(self, x: Any) -> None:
         """Set the parameters back to a :meth:`snapshot`."""
+
+
+class Negated:
+    """``objective`` with its loss and flat gradient negated, the parameters the same.
+
+    ``maximize`` (torch >= 2.14's ``LBFGS(maximize=True)``) ascends ``f`` by minimising ``-f``:
+    torch negates every loss and flat gradient its step reads, the first ones included, and returns
+    the closure's own loss. Negation is exact, so this equals torch bit for bit.
+    """
+
+    def __init__(self, objective: Objective):
+        self.objective = objective
+        self.in_place = objective.in_place
+
+    def flat_grad(self) -> Tensor:
+        return self.objective.flat_grad().neg()
+
+    def evaluate(self) -> tuple[float, Tensor]:
+        loss, flat_grad = self.objective.evaluate()
+        return -loss, flat_grad.neg()
+
+    def move(self, t: Any, d: Tensor) -> None:
+        self.objective.move(t, d)
+
+    def snapshot(self) -> Any:
+        return self.objective.snapshot()
+
+    def restore(self, x: Any) -> None:
+        self.objective.restore(x)
 
 
 # ------------------------------------------------------------------ flat views
@@ -256,7 +285,8 @@ def lbfgs_step(objective: Objective, state: dict, hparams: Any, static: Any, los
     parameters through ``objective``.
 
     ``hparams``: ``lr``, ``max_iter``, ``max_eval``, ``tolerance_grad``, ``tolerance_change``;
-    ``static``: ``history_size``, ``line_search_fn``. With ``objective.in_place`` false the
+    ``static``: ``history_size``, ``line_search_fn`` (``maximize`` is the caller's: it passes a
+    :class:`Negated` objective and the negated loss). With ``objective.in_place`` false the
     history lists and tensors found in ``state`` are never modified (new ones replace them).
     """
     lr, max_iter, max_eval = hparams.lr, hparams.max_iter, hparams.max_eval

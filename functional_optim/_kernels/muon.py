@@ -2,7 +2,9 @@
 
 Jordan et al., "Muon: An optimizer for hidden layers in neural networks" (2024),
 https://kellerjordan.github.io/posts/muon/; the ``match_rms_adamw`` learning-rate scale from
-Liu et al., "Muon is Scalable for LLM Training" (2025), https://arxiv.org/abs/2502.16982.
+Liu et al., "Muon is Scalable for LLM Training" (2025), https://arxiv.org/abs/2502.16982; the
+``spectral_unclamped`` scale from Bernstein, "Deriving Muon" (2025),
+https://jeremybernste.in/writing/deriving-muon.
 
 For a matrix parameter theta (m x n) with gradient g, momentum mu and momentum buffer B:
 
@@ -13,7 +15,8 @@ For a matrix parameter theta (m x n) with gradient g, momentum mu and momentum b
     theta   <- theta - lr * r(m, n) * O
 
 with ``r = sqrt(max(1, m / n))`` (``adjust_lr_fn=None`` or ``"original"``) or
-``0.2 sqrt(max(m, n))`` (``"match_rms_adamw"``). The operation order follows
+``0.2 sqrt(max(m, n))`` (``"match_rms_adamw"``) or ``sqrt(m / n)`` (``"spectral_unclamped"``,
+torch >= 2.14). The operation order follows
 ``torch.optim.Muon`` (torch 2.9+), which has only a for-loop implementation.
 
 One property of torch's implementation is kept on purpose: with ``nesterov=False`` the tensor
@@ -108,12 +111,15 @@ def _wide_back(x: Tensor, like: Tensor) -> Tensor:
 def adjusted_lr_ratio(adjust_lr_fn: str | None, shape: Sequence[int]) -> float:
     """The factor Muon scales ``lr`` by for an ``A x B`` matrix (a Python float, from the shape):
     ``sqrt(max(1, A / B))`` for ``None``/``"original"`` (Keller Jordan), ``0.2 sqrt(max(A, B))``
-    for ``"match_rms_adamw"`` (Moonshot: the update's RMS matches AdamW's), 1 otherwise."""
+    for ``"match_rms_adamw"`` (Moonshot: the update's RMS matches AdamW's), ``sqrt(A / B)`` for
+    ``"spectral_unclamped"`` (Bernstein: the spectral condition, not clamped at 1), 1 otherwise."""
     rows, cols = shape[:2]
     if adjust_lr_fn is None or adjust_lr_fn == "original":
         return math.sqrt(max(1, rows / cols))
     if adjust_lr_fn == "match_rms_adamw":
         return 0.2 * math.sqrt(max(rows, cols))
+    if adjust_lr_fn == "spectral_unclamped":
+        return math.sqrt(rows / cols)
     return 1.0
 
 
