@@ -22,7 +22,6 @@ from functional_optim.base import GradientTransformation
 from functional_optim.inject import replace_hparams
 
 from .transformation import TransformationOptimizer
-from .optimizer import closure_loss
 
 __all__ = ["ReferenceOptimizer", "ReferenceLayout"]
 
@@ -89,7 +88,10 @@ class ReferenceOptimizer(TransformationOptimizer):
         Args:
             closure (Callable, optional): A closure that reevaluates the model and returns the loss.
         """
-        loss = closure_loss(closure)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         self._step_groups()
         return loss
 

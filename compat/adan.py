@@ -12,7 +12,6 @@ from functional_optim.adan import ClipByGlobalNormAdanHParams, adan, clip_by_glo
 import torch
 
 from ._reference import ReferenceLayout, ReferenceOptimizer, check_extra, check_lr
-from .optimizer import closure_loss
 
 # pytorch_optimizer keeps the negated previous gradient and has state only for parameters that had one
 _LAYOUT = ReferenceLayout(
@@ -73,7 +72,10 @@ class Adan(ReferenceOptimizer):
         Args:
             closure (Callable, optional): A closure that reevaluates the model and returns the loss.
         """
-        loss = closure_loss(closure)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         if self.max_grad_norm <= 0.0:
             self._step_groups()
             return loss

@@ -15,7 +15,7 @@ from functional_optim.scaling import scale_by_adam, scale_by_trust_ratio
 from functional_optim.transforms import add_decayed_weights, flip_sign, scale, scale_by_learning_rate
 
 from ._reference import ReferenceOptimizer, check_extra, check_lr
-from .optimizer import closure_loss, traceable_float
+from .optimizer import traceable_float
 
 __all__ = ["Lamb", "pytorch_optimizer_lamb"]
 
@@ -181,7 +181,10 @@ class Lamb(ReferenceOptimizer):
 
     def step(self, closure=None):
         """Perform a single optimization step (every group's ``step`` advances, as pytorch_optimizer)."""
-        loss = closure_loss(closure)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         if self.pre_norm:
             self._pre_norm_factor = self._global_factor()
         for group in self.param_groups:

@@ -14,7 +14,7 @@ from functional_optim._kernels.ops import LoopOps
 from functional_optim.muon import MUON, MuonHParams, muon_transformation, validate
 
 from . import convert
-from .optimizer import FunctionalOptimizer, _cache_sized_chunks, closure_loss, saved_state_entries
+from .optimizer import FunctionalOptimizer, _cache_sized_chunks, saved_state_entries
 
 __all__ = ["Muon"]
 
@@ -103,7 +103,10 @@ class Muon(FunctionalOptimizer):
         Args:
             closure (Callable, optional): A closure that reevaluates the model and returns the loss.
         """
-        loss = closure_loss(closure)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         self._check_grads()
         for group in self.param_groups:  # (changed in a group after construction: torch raises midway)
             check_newton_schulz_args(group["ns_coefficients"], group["ns_steps"])

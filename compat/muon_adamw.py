@@ -13,7 +13,7 @@ from functional_optim.muon import MuonHParams, validate
 
 from .adam import AdamW
 from .muon import Muon
-from .optimizer import closure_loss, check_grad_shapes
+from .optimizer import check_grad_shapes
 
 __all__ = ["MuonWithAdamW"]
 
@@ -154,7 +154,10 @@ class MuonWithAdamW(Optimizer):
         Args:
             closure (Callable, optional): A closure that reevaluates the model and returns the loss.
         """
-        loss = closure_loss(closure)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         check_grad_shapes(self)
         for inner in (self._muon, self._adamw):
             if inner is not None:

@@ -88,16 +88,6 @@ def floats_as_tensors(hparams: Any) -> Any:
     return map_plain_containers(lambda x: traceable_float(x) if isinstance(x, float) else x, hparams)
 
 
-
-def closure_loss(closure: Optional[Callable[[], float]]) -> Any:
-    """torch's ``step(closure)`` contract: the closure, if one is given, re-evaluates the model
-    with autograd on (``step`` itself runs under ``no_grad``) and its loss is what ``step``
-    returns; ``None`` without one."""
-    if closure is None:
-        return None
-    with torch.enable_grad():
-        return closure()
-
 class FunctionalOptimizer(Optimizer):
     """``torch.optim.Optimizer`` whose ``step`` runs a functional optimizer's kernel in place."""
 
@@ -258,7 +248,10 @@ class FunctionalOptimizer(Optimizer):
             closure (Callable, optional): A closure that reevaluates the model and returns the loss.
         """
         self._accelerator_graph_capture_health_check()
-        loss = closure_loss(closure)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         self._check_grads()
         for group in self.param_groups:
             params, grads, state = self._gather(group)

@@ -10,8 +10,6 @@ from torch.optim.optimizer import Optimizer, ParamsT
 from functional_optim import _validate
 from functional_optim.prodigy import _LeafHP, _prodigy_math, _sliced, check_prodigy_args
 
-from .optimizer import closure_loss
-
 __all__ = ["Prodigy"]
 
 
@@ -92,7 +90,10 @@ class Prodigy(Optimizer):
         Args:
             closure (Callable, optional): A closure that reevaluates the model and returns the loss.
         """
-        loss = closure_loss(closure)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         self._check_and_make_states()
         first = self.param_groups[0]
         lr = max(group["lr"] for group in self.param_groups)

@@ -10,7 +10,6 @@ from torch.optim.optimizer import ParamsT
 
 from functional_optim.schedule_free import schedule_free_adamw, schedule_free_sgd
 
-from .optimizer import closure_loss
 from .transformation import TransformationOptimizer
 
 __all__ = ["AdamWScheduleFree", "SGDScheduleFree"]
@@ -131,7 +130,10 @@ class _ScheduleFree(TransformationOptimizer):
         """
         if not self.param_groups[0]["train_mode"]:
             raise Exception(_NOT_TRAIN)
-        loss = closure_loss(closure)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         # a group whose grads are all None still counts the step (its k, weight sum and lr_max
         # move on), as the reference's
         self._update_then_write(skip_without_grads=False)

@@ -22,8 +22,8 @@ from functional_optim.sgd import SGD as SGD_DEFINITION
 from functional_optim.sgd import SPARSE_WEIGHT_DECAY_ERROR, SGDState, SGDStatic, validate
 
 from . import convert
-from .optimizer import (FUSED_UNDER_COMPILE, FunctionalOptimizer, _cache_sized_chunks, closure_loss,
-                        grad_shape_differs, grad_shape_error, saved_state_entries)
+from .optimizer import (FUSED_UNDER_COMPILE, FunctionalOptimizer, _cache_sized_chunks, grad_shape_differs,
+                        grad_shape_error, saved_state_entries)
 
 __all__ = ["SGD"]
 
@@ -180,7 +180,10 @@ class SGD(FunctionalOptimizer):
         Args:
             closure (Callable, optional): A closure that reevaluates the model and returns the loss.
         """
-        loss = closure_loss(closure)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         gathered = [self._gather_group(g, group) for g, group in enumerate(self.param_groups)]
         for group, (_, _, _, has_sparse_grad) in zip(self.param_groups, gathered):
             _check_sparse(group, has_sparse_grad)  # every group's before any is stepped

@@ -17,7 +17,7 @@ from functional_optim.sophia import (
 )
 
 from ._reference import ReferenceLayout, ReferenceOptimizer, check_lr
-from .optimizer import check_grad_shapes, closure_loss
+from .optimizer import check_grad_shapes
 from .transformation import _layout
 
 __all__ = ["SophiaH"]
@@ -108,7 +108,10 @@ class SophiaH(ReferenceOptimizer):
             hessian (list of Tensors, optional): Hessian-diagonal estimates, one per parameter
                 (all param groups, in order), used instead of the Hutchinson estimate.
         """
-        loss = closure_loss(closure)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         check_grad_shapes(self)
         self._check_grads()
         if hessian is not None:

@@ -23,7 +23,7 @@ from functional_optim.sparse_adam import (
 )
 
 from . import convert
-from .optimizer import FunctionalOptimizer, closure_loss
+from .optimizer import FunctionalOptimizer
 
 __all__ = ["SparseAdam"]
 
@@ -85,7 +85,10 @@ class SparseAdam(FunctionalOptimizer):
         Args:
             closure (Callable, optional): A closure that reevaluates the model and returns the loss.
         """
-        loss = closure_loss(closure)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         # every gradient of every group first: torch raises at a dense one midway, after counting
         # the steps of the parameters before it
         self._check_grads()

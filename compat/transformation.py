@@ -58,7 +58,7 @@ from functional_optim.inject import named_hparams, replace_hparams
 from functional_optim.rounding import fold_in
 from functional_optim.tree import _is_namedtuple, entry_name, flatten, map_plain_containers
 
-from .optimizer import check_grad_shapes, closure_loss, floats_as_tensors
+from .optimizer import check_grad_shapes, floats_as_tensors
 
 __all__ = ["TransformationOptimizer"]
 
@@ -249,7 +249,10 @@ class TransformationOptimizer(Optimizer):
         Args:
             closure (Callable, optional): A closure that reevaluates the model and returns the loss.
         """
-        loss = closure_loss(closure)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         self._apply_step()
         return loss
 
