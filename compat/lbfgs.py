@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT
 
-from functional_optim._kernels.lbfgs import Negated, flat_grad_of, lbfgs_step, param_steps
+from functional_optim._kernels.lbfgs import flat_grad_of, lbfgs_step, param_steps
 from functional_optim._validate import squeeze_scalar
 from functional_optim.lbfgs import LBFGSHParams, LBFGSState, LBFGSStatic, lbfgs, validate
 from functional_optim.tree import flatten, leaf_paths
@@ -128,11 +128,7 @@ class LBFGS(Optimizer):
         state.setdefault("func_evals", 0)
         state.setdefault("n_iter", 0)
         orig_loss = closure()
-        objective = _ParamObjective(self._params, closure)
-        if static.maximize:
-            lbfgs_step(Negated(objective), state, hparams, static, -float(orig_loss))
-        else:
-            lbfgs_step(objective, state, hparams, static, float(orig_loss))
+        lbfgs_step(_ParamObjective(self._params, closure), state, hparams, static, float(orig_loss))
         return orig_loss
 
     # ------------------------------------------------------------------ the functional API

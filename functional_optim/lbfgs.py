@@ -14,7 +14,7 @@ from torch import Tensor
 
 from . import _validate
 from ._definition import check_params
-from ._kernels.lbfgs import Negated, flat_grad_of, lbfgs_step, param_steps
+from ._kernels.lbfgs import flat_grad_of, lbfgs_step, param_steps
 from .base import GradientTransformation
 from .tree import check_leaves_match, check_state_type, flatten_like, flatten_plain, lazy_paths, unflatten
 
@@ -227,10 +227,7 @@ def lbfgs(
         torch_state = {k: v for k, v in zip(LBFGSState._fields, state) if v is not None}
         objective = _TreeObjective(leaves, spec, paths, g_leaves, evaluate)
         with torch.no_grad():
-            if static.maximize:
-                lbfgs_step(Negated(objective), torch_state, hp, static, -float(value))
-            else:
-                lbfgs_step(objective, torch_state, hp, static, float(value))
+            lbfgs_step(objective, torch_state, hp, static, float(value))
             updates = [new - old for new, old in zip(objective.leaves, leaves)]
         return unflatten(spec, updates), LBFGSState(**{k: torch_state.get(k) for k in LBFGSState._fields})
 

@@ -285,13 +285,15 @@ def lbfgs_step(objective: Objective, state: dict, hparams: Any, static: Any, los
     parameters through ``objective``.
 
     ``hparams``: ``lr``, ``max_iter``, ``max_eval``, ``tolerance_grad``, ``tolerance_change``;
-    ``static``: ``history_size``, ``line_search_fn`` (``maximize`` is the caller's: it passes a
-    :class:`Negated` objective and the negated loss). With ``objective.in_place`` false the
+    ``static``: ``history_size``, ``line_search_fn``, ``maximize`` (the step then minimises the
+    :class:`Negated` objective, from ``-loss``). With ``objective.in_place`` false the
     history lists and tensors found in ``state`` are never modified (new ones replace them).
     """
     lr, max_iter, max_eval = hparams.lr, hparams.max_iter, hparams.max_eval
     tolerance_grad, tolerance_change = hparams.tolerance_grad, hparams.tolerance_change
     history_size, line_search_fn = static.history_size, static.line_search_fn
+    if static.maximize:
+        objective, loss = Negated(objective), -loss
 
     state.setdefault("func_evals", 0)
     state.setdefault("n_iter", 0)
