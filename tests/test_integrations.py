@@ -1,0 +1,274 @@
+"""compat as a drop-in under the training frameworks people use: Lightning and HF Trainer.
+
+For every optimizer torch.optim has (the installed torch's), the same training run is made twice
+inside the framework, once with ``torch.optim.X`` and once with ``compat.X``, from the same
+initial weights and batches: the framework's own loop (gradient accumulation, gradient clipping,
+an LR scheduler stepped by the framework, checkpoints written and resumed by the framework) drives
+the optimizer. After the first half the parameters must be bitwise equal; each framework's
+checkpoint of either run is then resumed with the *other* class, and all the resumed runs must end
+bitwise equal to torch's run resumed from torch's checkpoint (the state dicts are torch's layout,
+loaded with ``torch.load(weights_only=True)`` where the framework does so).
+
+HF Trainer also builds the optimizer itself from ``optimizer_cls_and_kwargs`` (with its
+weight-decay / no-decay parameter groups and its warm-up schedule) and calls ``optimizer.train()``
+/ ``optimizer.eval()`` around evaluation, which Schedule-Free needs; both are run against the
+reference (torch.optim, ``schedulefree``).
+
+The packages are the ``integration`` extra (``pip install -e '.[integration]'``); without them
+these tests skip.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Callable, NamedTuple
+
+import pytest
+import torch
+
+import compat
+from _registry import OPTIMIZERS
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded: the models are built here
+
+HALF, STEPS = 4, 8  # checkpoint after HALF optimizer steps, resume to STEPS
+
+
+class Case(NamedTuple):
+    name: str  # torch.optim's class name; compat has the same
+    kwargs: dict
+    model: str  # "mlp", "matrices" (Muon: 2-D parameters only) or "sparse" (SparseAdam)
+
+
+def _cases() -> list[Case]:
+    cases = [Case(e.torch_cls.__name__, e.kwargs, "mlp") for e in OPTIMIZERS]
+    cases += [Case("LBFGS", dict(lr=0.5, history_size=4, max_iter=3), "mlp"),
+              Case("Muon", dict(lr=0.02, weight_decay=0.01), "matrices"),
+              Case("SparseAdam", dict(lr=0.05), "sparse")]
+    return [c for c in cases if hasattr(torch.optim, c.name)]
+
+
+CASES = _cases()
+IDS = [c.name for c in CASES]
+
+
+class Regressor(torch.nn.Module):
+    """A tiny model of each kind; ``forward(x, labels)`` returns the MSE loss (HF Trainer's way)."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        torch.manual_seed(0)
+        self.kind = kind
+        if kind == "sparse":
+            self.embedding = torch.nn.EmbeddingBag(16, 4, mode="sum", sparse=True)
+        else:
+            bias = kind != "matrices"
+            self.net = torch.nn.Sequential(torch.nn.Linear(4, 8, bias=bias), torch.nn.Tanh(),
+                                           torch.nn.Linear(8, 1, bias=bias))
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> dict:
+        out = self.embedding(x).sum(-1, keepdim=True) if self.kind == "sparse" else self.net(x)
+        return {"loss": torch.nn.functional.mse_loss(out, labels), "logits": out}
+
+
+class Batches(torch.utils.data.Dataset):
+    """64 fixed examples: float features, or bags of 3 indices for the sparse model."""
+
+    def __init__(self, kind: str):
+        gen = torch.Generator().manual_seed(1)
+        self.x = (torch.randint(0, 16, (64, 3), generator=gen) if kind == "sparse"
+                  else torch.randn(64, 4, generator=gen))
+        self.y = torch.randn(64, 1, generator=gen)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"x": self.x[i], "labels": self.y[i]}
+
+
+def _make(cls_name: str, case: Case, module) -> Callable:
+    """The optimizer factory ``params -> optimizer`` for torch.optim or compat."""
+    cls = getattr(module, cls_name)
+    return lambda params: cls(params, **case.kwargs)
+
+
+def _weights(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def _assert_bitwise(actual: list, expected: list, what: str) -> None:
+    assert len(actual) == len(expected)
+    for i, (a, e) in enumerate(zip(actual, expected)):
+        assert torch.equal(a, e), f"{what}: parameter {i} differs by {(a - e).abs().max().item():.3g}"
+
+
+def _clip(case: Case) -> float:
+    """Gradient clipping as the frameworks do it (``clip_grad_norm_``); sparse gradients unclipped."""
+    return 0.0 if case.model == "sparse" else 0.5
+
+
+# ------------------------------------------------------------------------------------- Lightning
+def _lightning():
+    return pytest.importorskip("lightning", reason="Lightning is in the integration extra")
+
+
+def _lightning_fit(case: Case, module, max_steps: int, tmp_path, *, resume=None, save=None):
+    """Fit with Lightning's loop; the optimizer class from ``module``; returns the weights."""
+    L = _lightning()
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = Regressor(case.model)
+
+        def training_step(self, batch, batch_idx):
+            return self.model(**batch)["loss"]
+
+        def configure_optimizers(self):
+            opt = _make(case.name, case, module)(self.parameters())
+            scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    lit = Module()
+    accumulate = 1 if case.name == "LBFGS" else 2  # Lightning steps LBFGS once per batch
+    trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", devices=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=str(tmp_path),
+                        accumulate_grad_batches=accumulate, gradient_clip_val=_clip(case) or None)
+    loader = torch.utils.data.DataLoader(Batches(case.model), batch_size=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(lit, loader, ckpt_path=resume)
+        if save is not None:
+            trainer.save_checkpoint(save)
+    return _weights(lit.model), trainer
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_lightning_fit_and_resume_cross_loaded(case, tmp_path):
+    """Lightning's loop with compat.X equals it with torch.optim.X; checkpoints resume both ways."""
+    _lightning()
+    ckpt = {m.__name__: tmp_path / f"{m.__name__}.ckpt" for m in (torch.optim, compat)}
+    half_torch, trainer_t = _lightning_fit(case, torch.optim, HALF, tmp_path, save=ckpt["torch.optim"])
+    half_compat, trainer_c = _lightning_fit(case, compat, HALF, tmp_path, save=ckpt["compat"])
+    assert isinstance(trainer_c.optimizers[0], getattr(compat, case.name))
+    _assert_bitwise(half_compat, half_torch, "after the first half")
+
+    saved = torch.load(ckpt["compat"], weights_only=False)["optimizer_states"][0]
+    reference = torch.load(ckpt["torch.optim"], weights_only=False)["optimizer_states"][0]
+    assert saved.keys() == reference.keys() and saved["param_groups"] == reference["param_groups"]
+    assert saved["state"].keys() == reference["state"].keys()
+
+    expected, _ = _lightning_fit(case, torch.optim, STEPS, tmp_path, resume=ckpt["torch.optim"])
+    for module, source in ((compat, "torch.optim"), (torch.optim, "compat")):
+        resumed, _ = _lightning_fit(case, module, STEPS, tmp_path, resume=ckpt[source])
+        _assert_bitwise(resumed, expected, f"{module.__name__} resumed from {source}'s checkpoint")
+
+
+# ------------------------------------------------------------------------------------ HF Trainer
+def _transformers():
+    pytest.importorskip("accelerate", reason="HF Trainer needs accelerate (integration extra)")
+    return pytest.importorskip("transformers", reason="HF Trainer is in the integration extra")
+
+
+def _training_args(out_dir, max_steps: int, case: Case | None = None, **overrides):
+    transformers = _transformers()
+    args = dict(output_dir=str(out_dir), max_steps=max_steps, per_device_train_batch_size=8,
+                gradient_accumulation_steps=2, max_grad_norm=_clip(case) if case else 0.5,
+                use_cpu=True, report_to=[], logging_strategy="no", save_strategy="no",
+                disable_tqdm=True, seed=0, dataloader_num_workers=0)
+    args.update(overrides)
+    return transformers.TrainingArguments(**args)
+
+
+def _hf_train(case: Case, module, out_dir, max_steps: int, *, save_at=None, resume=None):
+    """Train with HF Trainer, the optimizer and a StepLR handed in as ``optimizers=``."""
+    transformers = _transformers()
+    model = Regressor(case.model)
+    opt = _make(case.name, case, module)(model.parameters())
+    scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+    saving = dict(save_strategy="steps", save_steps=save_at) if save_at else {}
+    trainer = transformers.Trainer(model=model, args=_training_args(out_dir, max_steps, case, **saving),
+                                   train_dataset=Batches(case.model), optimizers=(opt, scheduler))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.train(resume_from_checkpoint=resume)
+    return _weights(model), trainer
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_hf_trainer_train_and_resume_cross_loaded(case, tmp_path):
+    """HF Trainer's loop with compat.X equals it with torch.optim.X; checkpoints resume both ways.
+
+    Where torch.optim.X cannot run under the Trainer (LBFGS: the Trainer never passes a closure;
+    SparseAdam: Trainers that measure the gradient norm at every step cannot on sparse gradients),
+    compat.X fails the same way, with torch's exception type and message."""
+    _transformers()
+    try:
+        expected_half, _ = _hf_train(case, torch.optim, tmp_path / "torch.optim", HALF, save_at=HALF)
+    except Exception as torch_error:  # noqa: BLE001 - compared with compat's below
+        with pytest.raises(type(torch_error)) as ours:
+            _hf_train(case, compat, tmp_path / "compat", HALF, save_at=HALF)
+        assert str(ours.value) == str(torch_error)
+        return
+    half, trainer = _hf_train(case, compat, tmp_path / "compat", HALF, save_at=HALF)
+    assert type(trainer.optimizer.optimizer) is getattr(compat, case.name)  # accelerate's wrapper
+    _assert_bitwise(half, expected_half, "after the first half")
+    checkpoint = {name: tmp_path / name / f"checkpoint-{HALF}" for name in ("torch.optim", "compat")}
+
+    expected, _ = _hf_train(case, torch.optim, tmp_path / "expected", STEPS, resume=checkpoint["torch.optim"])
+    for module, source in ((compat, "torch.optim"), (torch.optim, "compat")):
+        resumed, _ = _hf_train(case, module, tmp_path / f"from-{source}", STEPS, resume=checkpoint[source])
+        _assert_bitwise(resumed, expected, f"{module.__name__} resumed from {source}'s checkpoint")
+
+
+def _hf_build(optimizer_cls, kwargs: dict, out_dir, **overrides):
+    """Trainer builds the optimizer (``optimizer_cls_and_kwargs``) and its own LR schedule."""
+    transformers = _transformers()
+    model = Regressor("mlp")
+    schedule = dict(weight_decay=0.1, warmup_steps=3, lr_scheduler_type="linear")
+    args = _training_args(out_dir, STEPS, **{**schedule, **overrides})
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=Batches("mlp"),
+                                   eval_dataset=Batches("mlp"),
+                                   optimizer_cls_and_kwargs=(optimizer_cls, kwargs))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.train()
+        metrics = trainer.evaluate()
+    return _weights(model), metrics, trainer
+
+
+@pytest.mark.parametrize("name", ["AdamW", "SGD", "Adafactor"])
+def test_hf_trainer_builds_compat_optimizer(name, tmp_path):
+    """``optimizer_cls_and_kwargs=(compat.X, ...)``: Trainer's two parameter groups (weight decay
+    and none) and its linear warm-up schedule drive compat exactly as torch.optim."""
+    _transformers()
+    if not hasattr(torch.optim, name):
+        pytest.skip(f"torch.optim.{name} is not in this torch")
+    kwargs = dict(lr=0.05, **(dict(momentum=0.9) if name == "SGD" else {}))
+    expected, expected_metrics, _ = _hf_build(getattr(torch.optim, name), kwargs, tmp_path / "torch")
+    actual, metrics, trainer = _hf_build(getattr(compat, name), kwargs, tmp_path / "compat")
+    groups = trainer.optimizer.param_groups
+    assert [g["weight_decay"] for g in groups] == [0.1, 0.0]  # Trainer's decay / no-decay split
+    _assert_bitwise(actual, expected, f"Trainer-built compat.{name}")
+    assert metrics["eval_loss"] == expected_metrics["eval_loss"]
+
+
+def test_hf_trainer_switches_schedule_free_to_eval_and_back(tmp_path):
+    """Trainer calls ``optimizer.eval()`` before evaluating and ``train()`` after; compat's
+    Schedule-Free AdamW follows ``schedulefree.AdamWScheduleFree`` through both switches."""
+    _transformers()
+    schedulefree = pytest.importorskip("schedulefree", reason="the reference is in the ref extra")
+    kwargs = dict(lr=0.05, warmup_steps=2)
+    runs = {}
+    for label, cls in (("reference", schedulefree.AdamWScheduleFree), ("compat", compat.AdamWScheduleFree)):
+        weights, metrics, trainer = _hf_build(cls, kwargs, tmp_path / label, eval_strategy="steps", eval_steps=3,
+                                              lr_scheduler_type="constant", warmup_steps=0)
+        assert trainer.optimizer.optimizer.param_groups[0]["train_mode"] is False  # evaluate() left it in eval
+        runs[label] = weights, metrics
+    (expected, expected_metrics), (actual, metrics) = runs["reference"], runs["compat"]
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e, rtol=2e-5, atol=2e-6)  # float32, as tests/test_schedule_free.py
+    assert metrics["eval_loss"] == pytest.approx(expected_metrics["eval_loss"], rel=1e-5)
