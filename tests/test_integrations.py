@@ -1,4 +1,4 @@
-"""compat as a drop-in under the training frameworks people use: Lightning and HF Trainer.
+"""compat as a drop-in where people train: Lightning, HF Trainer and DCP's state-dict API.
 
 For every optimizer torch.optim has (the installed torch's), the same training run is made twice
 inside the framework, once with ``torch.optim.X`` and once with ``compat.X``, from the same
@@ -14,7 +14,11 @@ weight-decay / no-decay parameter groups and its warm-up schedule) and calls ``o
 / ``optimizer.eval()`` around evaluation, which Schedule-Free needs; both are run against the
 reference (torch.optim, ``schedulefree``).
 
-The packages are the ``integration`` extra (``pip install -e '.[integration]'``); without them
+``torch.distributed.checkpoint.state_dict`` (``get_optimizer_state_dict`` /
+``set_optimizer_state_dict``, the FSDP2 way to checkpoint) with ``dcp.save``/``dcp.load`` is run
+the same way in one process: state dicts keyed by parameter name, cross-loaded both ways.
+
+Lightning and HF Trainer are the ``integration`` extra (``pip install -e '.[integration]'``); without them
 these tests skip.
 """
 
@@ -272,3 +276,72 @@ def test_hf_trainer_switches_schedule_free_to_eval_and_back(tmp_path):
     for a, e in zip(actual, expected):
         torch.testing.assert_close(a, e, rtol=2e-5, atol=2e-6)  # float32, as tests/test_schedule_free.py
     assert metrics["eval_loss"] == pytest.approx(expected_metrics["eval_loss"], rel=1e-5)
+
+
+# ------------------------------------------------------- torch.distributed.checkpoint.state_dict
+def _plain_steps(model: torch.nn.Module, opt, n: int, kind: str) -> None:
+    """``n`` steps of a plain loop on the first 16 examples (a closure, which LBFGS needs)."""
+    batch = Batches(kind)[range(16)]
+
+    def closure():
+        opt.zero_grad()
+        loss = model(**batch)["loss"]
+        loss.backward()
+        return loss
+
+    for _ in range(n):
+        opt.step(closure)
+
+
+def _dcp_round_trip(case: Case, saved_by, loaded_by, tmp_path):
+    """Train with ``saved_by``, save through DCP's state_dict API, load into a fresh ``loaded_by``
+    optimizer through the same API (which first makes its state by a zero-lr step), go on."""
+    dcp = pytest.importorskip("torch.distributed.checkpoint")
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+    model = Regressor(case.model)
+    opt = _make(case.name, case, saved_by)(model.parameters())
+    _plain_steps(model, opt, HALF, case.model)
+    saved = get_optimizer_state_dict(model, opt)  # keyed by parameter names (FQNs)
+    dcp.save({"optim": saved}, checkpoint_id=str(tmp_path / "dcp"))
+
+    resumed = Regressor(case.model)
+    resumed.load_state_dict(model.state_dict())
+    new_opt = _make(case.name, case, loaded_by)(resumed.parameters())
+    target = {"optim": get_optimizer_state_dict(resumed, new_opt)}
+    dcp.load(target, checkpoint_id=str(tmp_path / "dcp"))
+    set_optimizer_state_dict(resumed, new_opt, target["optim"])
+    _plain_steps(resumed, new_opt, STEPS - HALF, case.model)
+    return saved, _weights(resumed)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_distributed_checkpoint_state_dict_api_cross_loads(case, tmp_path):
+    """``get_optimizer_state_dict`` / ``set_optimizer_state_dict`` (the FSDP2 + DCP way to checkpoint)
+    give compat.X's state as torch.optim.X's, and a checkpoint of either resumes in the other
+    bitwise. Where torch's API cannot run with torch.optim.X (it makes a fresh optimizer's state by
+    a step with dense zero gradients and no closure: LBFGS, SparseAdam), compat.X fails the same way."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            expected_saved, expected = _dcp_round_trip(case, torch.optim, torch.optim, tmp_path / "t")
+        except Exception as torch_error:  # noqa: BLE001 - compared with compat's below
+            with pytest.raises(type(torch_error)) as ours:
+                _dcp_round_trip(case, compat, compat, tmp_path / "c")
+            assert str(ours.value) == str(torch_error)
+            return
+        for saved_by, loaded_by in ((compat, torch.optim), (torch.optim, compat), (compat, compat)):
+            label = f"saved by {saved_by.__name__}, loaded by {loaded_by.__name__}"
+            saved, resumed = _dcp_round_trip(case, saved_by, loaded_by, tmp_path / label.replace(" ", "_"))
+            _assert_bitwise(resumed, expected, label)
+            assert saved["param_groups"] == expected_saved["param_groups"]
+            assert saved["state"].keys() == expected_saved["state"].keys()
+            for fqn, state in saved["state"].items():
+                assert state.keys() == expected_saved["state"][fqn].keys(), fqn
+                for key, value in state.items():
+                    reference = expected_saved["state"][fqn][key]
+                    assert type(value) is type(reference), (fqn, key)
+                    if isinstance(value, torch.Tensor):
+                        assert value.dtype == reference.dtype and torch.equal(value, reference), (fqn, key)
+                    else:
+                        assert value == reference, (fqn, key)
