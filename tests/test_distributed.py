@@ -1,4 +1,4 @@
-"""Sharded (DTensor / FSDP2) parameters on two CPU ranks give the unsharded numbers.
+"""Sharded (DTensor / FSDP2 / ZeRO) parameters on two CPU ranks give the unsharded numbers.
 
 One launch of two gloo ranks on 127.0.0.1 (``python tests/test_distributed.py`` run twice as
 ``torch.distributed.run`` would: ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT`` in the
@@ -11,12 +11,19 @@ optimizer for several steps on deterministic gradients (one step leaves a parame
 gradient), gathers parameters and state with ``full_tensor()`` and compares them with the
 unsharded run of the same optimizer:
 
-* ``compat/<Class>/<impl>``: every compat class, for-loop and foreach (and fused where torch has
-  it), against ``torch.optim``'s unsharded run (parameters and every state tensor);
+* ``compat/<Class>/<impl>``: every compat class of an elementwise torch optimizer and Muon
+  (matrices only), each implementation torch has (for-loop, foreach, fused), against
+  ``torch.optim``'s unsharded run (parameters and every state tensor); where torch.optim itself
+  cannot step the DTensors, compat must fail with its exception and message;
 * ``functional/<name>``: ``fo.<name>`` against its own unsharded run (parameters and state) and
   against ``torch.optim``'s unsharded run;
 * ``fsdp2/<Class>``: a small model wrapped with ``fully_shard``, forward/backward/step, against the
-  unsharded model stepped by ``torch.optim``.
+  unsharded model stepped by ``torch.optim``;
+* ``zero/<Class>``: DDP with ``ZeroRedundancyOptimizer(optimizer_class=compat.<Class>)``, each rank
+  stepping its partition of the parameters, against the model stepped by ``torch.optim`` in one
+  process; the state consolidated on rank 0 against torch's state dict.
+
+SparseAdam (sparse gradients) and LBFGS (a closure over the whole objective) are not run here.
 
 Adafactor is the case that matters: its step reads the parameter and update norms, which on a
 sharded tensor are partial (per-shard) until reduced.
@@ -26,6 +33,7 @@ Run ``python tests/test_distributed.py`` to print every case's maximum error.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import socket
@@ -36,6 +44,9 @@ from datetime import timedelta
 
 import pytest
 import torch
+
+import functional_optim as fo
+from _registry import OPTIMIZERS as REGISTRY
 
 WORLD_SIZE = 2
 #: the whole launch (two interpreters importing torch, then every case) must end within this
@@ -57,6 +68,8 @@ PARAMS = {
 #: at this step "b" gets no gradient (torch's ``p.grad is None``: no update, its state untouched)
 NO_GRAD = (2, "b")
 
+#: the six that came first keep the hyperparameters their tolerances were set with; the others
+#: take the parity registry's (tests/_registry.py), Muon (matrices only) its own
 KWARGS = {
     "Adam": dict(lr=1e-2, weight_decay=0.1, amsgrad=True),
     "AdamW": dict(lr=1e-2, weight_decay=0.1),
@@ -66,20 +79,41 @@ KWARGS = {
     # with these gradients the update's RMS exceeds d = 1 on most steps (clipped) but not all
     "Adafactor": dict(lr=1e-2, weight_decay=0.1),
 }
+KWARGS.update({e.torch_cls.__name__: e.kwargs for e in REGISTRY if e.torch_cls.__name__ not in KWARGS})
+FUNCTIONAL = {e.torch_cls.__name__: e.factory for e in REGISTRY}
+if hasattr(torch.optim, "Muon"):
+    KWARGS["Muon"] = dict(lr=2e-2, weight_decay=0.1)
+    FUNCTIONAL["Muon"] = fo.muon
+#: state fields of the functional optimizers that torch's ``state[p]`` lacks (fo.SGDState's docstring)
+FUNCTIONAL_ONLY_FIELDS = {"SGD": ("step",)}
+#: optimizers whose math differs on sharded tensors, so that torch.optim's run on the same DTensors
+#: is the reference: Muon's Newton-Schulz iteration runs in bfloat16, and a matmul of sharded
+#: matrices adds per-shard partial products in bfloat16, so torch.optim.Muon's sharded run is
+#: 0.8e-3 to 1.9e-3 from its unsharded one on these parameters (compat's and fo.muon's sharded
+#: runs are the same distances from it)
+SHARDED_REFERENCE = {"Muon"}
+#: Muon steps matrices only: the 2-D entries of PARAMS (one of them sharded by columns)
+MATRICES = sorted(name for name, (shape, _) in PARAMS.items() if len(shape) == 2)
 
-IMPLS = {
-    "Adam": ("forloop", "foreach", "fused"),
-    "AdamW": ("forloop", "foreach", "fused"),
-    "Adadelta": ("forloop", "foreach"),
-    "Adagrad": ("forloop", "foreach", "fused"),
-    "NAdam": ("forloop", "foreach"),
-    "Adafactor": ("forloop", "foreach"),
-}
+
+def _impls(cls_name: str) -> tuple:
+    """The implementations torch.optim.<cls_name> offers: for-loop and foreach, fused where it has
+    it; "default" for a class with no such flags (Muon)."""
+    flags = inspect.signature(getattr(torch.optim, cls_name)).parameters
+    impls = tuple(impl for impl, flag in (("forloop", "foreach"), ("foreach", "foreach"), ("fused", "fused"))
+                  if flag in flags)
+    return impls or ("default",)
+
+
+def _param_names(cls_name: str) -> list:
+    return MATRICES if cls_name == "Muon" else sorted(PARAMS)
+
 
 CASES = (
-    [f"compat/{cls}/{impl}" for cls, impls in IMPLS.items() for impl in impls]
+    [f"compat/{cls}/{impl}" for cls in KWARGS for impl in _impls(cls)]
     + [f"functional/{cls.lower()}" for cls in KWARGS]
-    + ["fsdp2/Adam", "fsdp2/Adafactor"]
+    + [f"fsdp2/{cls}" for cls in KWARGS]
+    + [f"zero/{cls}" for cls in KWARGS]
 )
 
 
@@ -247,8 +281,7 @@ class _Compare:
         self.errors: list = []
 
     def __call__(self, label: str, actual, expected) -> None:
-        if isinstance(actual, torch.Tensor) and type(actual) is not torch.Tensor:
-            actual = _full(actual)
+        actual, expected = _full(actual), _full(expected)
         if expected is None or actual is None:
             if (expected is None) != (actual is None):
                 self.errors.append(f"{label}: {actual!r} vs {expected!r}")
@@ -266,18 +299,22 @@ class _Compare:
 
 
 def _impl_kwargs(impl: str) -> dict:
-    return {"forloop": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}[impl]
+    return {"forloop": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True),
+            "default": {}}[impl]
 
 
-def _run_optim(cls, kwargs: dict, mesh=None):
-    """``cls`` (compat or torch.optim) over PARAMS, sharded if ``mesh``; ``(params, state)``."""
+def _run_optim(cls, kwargs: dict, mesh=None, names=None):
+    """``cls`` (compat or torch.optim) over PARAMS (or ``names`` of them), sharded if ``mesh``;
+    ``(params, state)``."""
     params = {}
-    for name in sorted(PARAMS):
+    for name in names or sorted(PARAMS):
         t = _full_param(name)
         params[name] = torch.nn.Parameter(_shard(mesh, name, t) if mesh is not None else t)
     opt = cls(list(params.values()), **kwargs)
     for step in range(STEPS):
         for name, g in _full_grads(step).items():
+            if name not in params:
+                continue
             if g is not None and mesh is not None:
                 g = _shard(mesh, name, g)
             params[name].grad = g
@@ -289,21 +326,31 @@ def _case_compat(cls_name: str, impl: str, mesh, check) -> None:
     import compat
 
     kwargs = dict(KWARGS[cls_name], **_impl_kwargs(impl))
+    names = _param_names(cls_name)
     if impl == "fused":
         # torch's fused kernels need a DTensor sharding strategy (Adagrad's has none in torch
         # 2.13): where torch.optim cannot step sharded params, compat must fail the same way
         try:
-            _run_optim(getattr(torch.optim, cls_name), kwargs, mesh)
+            _run_optim(getattr(torch.optim, cls_name), kwargs, mesh, names)
         except Exception as e:  # noqa: BLE001
             try:
-                _run_optim(getattr(compat, cls_name), kwargs, mesh)
+                _run_optim(getattr(compat, cls_name), kwargs, mesh, names)
             except Exception as f:  # noqa: BLE001
                 assert (type(f), str(f)) == (type(e), str(e)), f"torch.optim: {e!r}\ncompat: {f!r}"
                 return
             raise AssertionError(f"torch.optim raised {e!r} on DTensors, compat did not")
-    params, state = _run_optim(getattr(compat, cls_name), kwargs, mesh)
-    ref_params, ref_state = _run_optim(getattr(torch.optim, cls_name), kwargs)
-    for name in sorted(PARAMS):
+    try:
+        params, state = _run_optim(getattr(compat, cls_name), kwargs, mesh, names)
+    except Exception as f:  # noqa: BLE001 - acceptable only as torch.optim's own failure on DTensors
+        try:
+            _run_optim(getattr(torch.optim, cls_name), kwargs, mesh, names)
+        except Exception as e:  # noqa: BLE001
+            assert (type(f), str(f)) == (type(e), str(e)), f"torch.optim: {e!r}\ncompat: {f!r}"
+            return
+        raise
+    reference_mesh = mesh if cls_name in SHARDED_REFERENCE else None
+    ref_params, ref_state = _run_optim(getattr(torch.optim, cls_name), kwargs, reference_mesh, names)
+    for name in names:
         check(f"param {name}", params[name].detach(), ref_params[name].detach())
         assert set(state[name]) == set(ref_state[name]), (name, set(state[name]), set(ref_state[name]))
         for key, ref in ref_state[name].items():
@@ -314,26 +361,29 @@ def _case_functional(fn_name: str, mesh, check) -> None:
     import functional_optim as fo
     from functional_optim.tree import is_empty
 
-    torch_name = {"adam": "Adam", "adamw": "AdamW", "adadelta": "Adadelta", "adagrad": "Adagrad",
-                  "nadam": "NAdam", "adafactor": "Adafactor"}[fn_name]
-    kwargs = KWARGS[torch_name]
-    opt = getattr(fo, fn_name)(**kwargs)
+    torch_name = {name.lower(): name for name in KWARGS}[fn_name]
+    kwargs, names = KWARGS[torch_name], _param_names(torch_name)
+    opt = FUNCTIONAL[torch_name](**kwargs)
 
     def run(sharded: bool):
-        params = {n: _shard(mesh, n, _full_param(n)) if sharded else _full_param(n) for n in sorted(PARAMS)}
+        params = {n: _shard(mesh, n, _full_param(n)) if sharded else _full_param(n) for n in names}
         state = opt.init(params)
         for step in range(STEPS):
             grads = {n: None if g is None else (_shard(mesh, n, g) if sharded else g)
-                     for n, g in _full_grads(step).items()}
+                     for n, g in _full_grads(step).items() if n in params}
             updates, state = opt.update(grads, state, params)
             params = fo.apply_updates(params, updates)
         return params, state
 
+    sharded_reference = torch_name in SHARDED_REFERENCE
     params, state = run(True)
-    ref_params, ref_state = run(False)
-    torch_params, torch_state = _run_optim(getattr(torch.optim, torch_name), kwargs)
-    for name in sorted(PARAMS):
-        check(f"param {name} vs functional", params[name], ref_params[name])
+    # the unsharded functional run: the reference, unless the math differs sharded (Muon)
+    ref_params, ref_state = (params, state) if sharded_reference else run(False)
+    torch_params, torch_state = _run_optim(getattr(torch.optim, torch_name), kwargs,
+                                           mesh if sharded_reference else None, names)
+    for name in names:
+        if not sharded_reference:
+            check(f"param {name} vs functional", params[name], ref_params[name])
         check(f"param {name} vs torch.optim", params[name], torch_params[name].detach())
         for field in state._fields:
             leaf, ref_leaf = getattr(state, field), getattr(ref_state, field)
@@ -343,43 +393,82 @@ def _case_functional(fn_name: str, mesh, check) -> None:
             if is_empty(leaf[name]):
                 assert is_empty(ref_leaf[name]) and field not in torch_state[name], (field, name)
                 continue
-            check(f"state {name}.{field} vs functional", leaf[name], ref_leaf[name])
+            if not sharded_reference:
+                check(f"state {name}.{field} vs functional", leaf[name], ref_leaf[name])
+            if field in FUNCTIONAL_ONLY_FIELDS.get(torch_name, ()):
+                assert field not in torch_state[name], (field, name)
+                continue
             check(f"state {name}.{field} vs torch.optim", leaf[name], torch_state[name][field])
 
 
-def _model():
+def _model(cls_name: str):
     torch.manual_seed(0)
+    bias = cls_name != "Muon"  # Muon steps matrices only
     return torch.nn.Sequential(
-        torch.nn.Linear(5, 6, dtype=DTYPE), torch.nn.Tanh(), torch.nn.Linear(6, 3, dtype=DTYPE)
+        torch.nn.Linear(5, 6, bias=bias, dtype=DTYPE), torch.nn.Tanh(), torch.nn.Linear(6, 3, bias=bias, dtype=DTYPE)
     )
 
 
+def _train_side_by_side(runs) -> None:
+    """:data:`STEPS` steps of each ``(model, optimizer)`` on the same batches (the same on every
+    rank, so an averaged gradient is the single-process one)."""
+    for step in range(STEPS):
+        g = torch.Generator().manual_seed(step)
+        x, y = torch.randn(8, 5, generator=g, dtype=DTYPE), torch.randn(8, 3, generator=g, dtype=DTYPE)
+        for model, opt in runs:
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+
+
 def _case_fsdp2(cls_name: str, mesh, check) -> None:
-    """fully_shard a model (params Shard(0), grads reduce-scattered): same input on both ranks,
-    so the averaged gradient is the unsharded one."""
+    """fully_shard a model (params Shard(0), grads reduce-scattered) against the model unsharded."""
     from torch.distributed.fsdp import fully_shard
 
     import compat
 
     kwargs = KWARGS[cls_name]
-    sharded, ref = _model(), _model()
-    fully_shard(sharded[0], mesh=mesh)
-    fully_shard(sharded[2], mesh=mesh)
-    fully_shard(sharded, mesh=mesh)
+    sharded, ref = _model(cls_name), _model(cls_name)
+    for model in (sharded, ref) if cls_name in SHARDED_REFERENCE else (sharded,):
+        fully_shard(model[0], mesh=mesh)
+        fully_shard(model[2], mesh=mesh)
+        fully_shard(model, mesh=mesh)
     opt = getattr(compat, cls_name)(sharded.parameters(), **kwargs)
     ref_opt = getattr(torch.optim, cls_name)(ref.parameters(), **kwargs)
-    for step in range(STEPS):
-        g = torch.Generator().manual_seed(step)
-        x = torch.randn(8, 5, generator=g, dtype=DTYPE)
-        y = torch.randn(8, 3, generator=g, dtype=DTYPE)
-        for model, o in ((sharded, opt), (ref, ref_opt)):
-            o.zero_grad()
-            torch.nn.functional.mse_loss(model(x), y).backward()
-            o.step()
+    _train_side_by_side(((sharded, opt), (ref, ref_opt)))
     for (name, p), ref_p in zip(sharded.named_parameters(), ref.parameters()):
         check(f"param {name}", p.detach(), ref_p.detach())
         for key, value in ref_opt.state[ref_p].items():
             check(f"state {name}.{key}", opt.state[p][key], value)
+
+
+def _case_zero(cls_name: str, mesh, check) -> None:
+    """DDP over a model whose parameters ``ZeroRedundancyOptimizer(optimizer_class=compat.X)``
+    partitions (each rank steps its part with compat.X, then broadcasts it), against the model
+    stepped by torch.optim.X in one process; the state consolidated on rank 0 against torch's."""
+    import torch.distributed as dist
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+    from torch.nn.parallel import DistributedDataParallel
+
+    import compat
+
+    kwargs = KWARGS[cls_name]
+    model, ref = _model(cls_name), _model(cls_name)
+    ddp = DistributedDataParallel(model)
+    opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=getattr(compat, cls_name), **kwargs)
+    ref_opt = getattr(torch.optim, cls_name)(ref.parameters(), **kwargs)
+    _train_side_by_side(((ddp, opt), (ref, ref_opt)))
+    for (name, p), ref_p in zip(model.named_parameters(), ref.parameters()):
+        check(f"param {name}", p.detach(), ref_p.detach())
+    opt.consolidate_state_dict(to=0)
+    if dist.get_rank() != 0:
+        return
+    state, ref_state = opt.state_dict()["state"], ref_opt.state_dict()["state"]
+    assert sorted(state) == sorted(ref_state), (sorted(state), sorted(ref_state))
+    for index, entry in ref_state.items():
+        assert set(state[index]) == set(entry), (index, set(state[index]), set(entry))
+        for key, value in entry.items():
+            check(f"state {index}.{key}", state[index][key], value)
 
 
 def _run_case(case: str, mesh, check) -> None:
@@ -388,6 +477,8 @@ def _run_case(case: str, mesh, check) -> None:
         _case_compat(name, rest[0], mesh, check)
     elif kind == "functional":
         _case_functional(name, mesh, check)
+    elif kind == "zero":
+        _case_zero(name, mesh, check)
     else:
         _case_fsdp2(name, mesh, check)
 
