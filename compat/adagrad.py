@@ -47,6 +47,7 @@ class Adagrad(FunctionalOptimizer):
 
     cpu_default_foreach = True
     definition = ADAGRAD
+    complex_l2_before_real_view = True
     fused_step = staticmethod(adagrad_fused_)
 
     def __init__(

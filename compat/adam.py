@@ -35,6 +35,7 @@ class Adam(FunctionalOptimizer):
     cpu_default_foreach = True
     cpu_step_device = "cpu" if TORCH_VERSION >= (2, 13) else None  # torch 2.13 names the CPU
     definition = ADAM
+    complex_l2_before_real_view = True
     fused_step = staticmethod(adam_fused_)
 
     def __init__(

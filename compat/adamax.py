@@ -3,13 +3,10 @@
 # No ``from __future__ import annotations``: the constructor's signature, annotations included,
 # is torch's own (``inspect.signature`` compares equal).
 
-from typing import Any
-
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from functional_optim import _validate
-from functional_optim._kernels.ops import nonzero
 from functional_optim.adamax import ADAMAX
 
 from .optimizer import FunctionalOptimizer
@@ -28,6 +25,7 @@ class Adamax(FunctionalOptimizer):
     """
 
     definition = ADAMAX
+    complex_l2_before_real_view = True
 
     def __init__(
         self,
@@ -72,20 +70,4 @@ class Adamax(FunctionalOptimizer):
     def _check_group(self, group: dict, params: list, state_steps: list) -> None:
         foreach = self._use_foreach(group, params)
         check_step(group, params, [state_steps], "params and state_steps", foreach, supports_xla=not foreach)
-
-    def _loop_group(self, params: list, grads: list, state: dict, hparams: Any, static: Any,
-                    host_scalars: bool) -> None:
-        """torch's for-loop adds the L2 term to a complex gradient before viewing it as real
-        (``g + wd * p`` rounded twice, where the real views' ``add`` fuses it): such parameters
-        get their decayed gradient here, as torch computes it, and run without weight decay."""
-        if not nonzero(hparams.weight_decay) or not any(p.is_complex() for p in params):
-            return super()._loop_group(params, grads, state, hparams, static, host_scalars)
-        decayed = (hparams._replace(weight_decay=0.0), static._replace(maximize=False))
-        for i, (p, g) in enumerate(zip(params, grads)):  # one at a time: a listed-twice param sees its update
-            one = {k: [v[i]] for k, v in state.items()}
-            if p.is_complex():
-                g = (-g if static.maximize else g).add(p, alpha=hparams.weight_decay)
-                super()._loop_group([p], [g], one, *decayed, host_scalars)
-            else:
-                super()._loop_group([p], [g], one, hparams, static, host_scalars)
 

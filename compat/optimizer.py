@@ -34,7 +34,7 @@ from torch.optim.optimizer import (
 )
 
 from functional_optim._definition import OptimizerDefinition, run_kernel
-from functional_optim._kernels.ops import ForeachOps, LoopOps
+from functional_optim._kernels.ops import ForeachOps, LoopOps, nonzero
 from functional_optim.tree import map_plain_containers
 from functional_optim._validate import float64_scalar, squeeze_scalar
 
@@ -104,6 +104,11 @@ class FunctionalOptimizer(Optimizer):
     cpu_step_device: ClassVar[Optional[str]] = None
     #: whether ``step`` may be captured (``capturable``) and where
     capturable_devices: ClassVar[Callable[[], list]] = staticmethod(lambda: _get_capturable_supported_devices())
+    #: torch's for-loop adds the L2 term to a complex parameter's gradient as a complex number,
+    #: before it views the tensors as real (Adam, Adagrad, Adadelta, RMSprop, Adamax): ``g + wd p``
+    #: rounded twice, where ``add(alpha=)`` on the real views rounds once (a fused multiply-add);
+    #: see :meth:`_complex_l2_decayed`
+    complex_l2_before_real_view: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ group <-> kernel args
     def _hparams(self, group: dict) -> Any:
@@ -284,11 +289,40 @@ class FunctionalOptimizer(Optimizer):
 
     def _loop_group(self, params: list, grads: list, state: dict, hparams: Any, static: Any,
                     host_scalars: bool) -> None:
-        """torch's for-loop implementation: the kernel with :class:`LoopOps`, one chunk at a time."""
+        """torch's for-loop implementation: the kernel with :class:`LoopOps`, one chunk at a time
+        (one parameter at a time where complex gradients are decayed first: :meth:`_complex_l2_decayed`)."""
         ops = LoopOps(host_scalars=host_scalars)
-        for chunk in self._loop_chunks(params, state, hparams, static, host_scalars):
-            run_kernel(self.definition, ops, [params[i] for i in chunk], [grads[i] for i in chunk],
-                       {k: [v[i] for i in chunk] for k, v in state.items()}, hparams, static)
+        decays_complex = self._decays_complex_grads(params, hparams, static)
+        chunks = ([[i] for i in range(len(params))] if decays_complex  # in order: a listed-twice param sees its update
+                  else self._loop_chunks(params, state, hparams, static, host_scalars))
+        for chunk in chunks:
+            c_params, c_grads = [params[i] for i in chunk], [grads[i] for i in chunk]
+            c_hparams, c_static = hparams, static
+            if decays_complex and c_params[0].is_complex():
+                c_grads, c_hparams, c_static = self._complex_l2_decayed(c_params[0], c_grads[0], hparams, static)
+            self._loop_kernel(ops, c_params, c_grads, {k: [v[i] for i in chunk] for k, v in state.items()},
+                              c_hparams, c_static)
+
+    def _loop_kernel(self, ops: LoopOps, params: list, grads: list, state: dict, hparams: Any, static: Any) -> None:
+        """One chunk of the for-loop: the kernel, complex tensors viewed as real around it."""
+        run_kernel(self.definition, ops, params, grads, state, hparams, static)
+
+    def _decays_complex_grads(self, params: list, hparams: Any, static: Any) -> bool:
+        """Whether this step decays complex gradients as torch's for-loop does, before the kernel
+        (:attr:`complex_l2_before_real_view`, an L2 ``weight_decay``, a complex parameter)."""
+        weight_decay = getattr(hparams, "weight_decay", 0)
+        return (self.complex_l2_before_real_view and nonzero(weight_decay)
+                and not getattr(static, "decoupled_weight_decay", False)
+                and not (isinstance(weight_decay, Tensor) and weight_decay.requires_grad)
+                and any(p.is_complex() for p in params))
+
+    @staticmethod
+    def _complex_l2_decayed(param: Tensor, grad: Tensor, hparams: Any, static: Any) -> tuple:
+        """``([g + wd p], hparams, static)`` for one complex parameter, computed as torch's for-loop
+        computes it (``grad.add(param, alpha=wd)`` on the complex tensors, after ``maximize``'s
+        negation); the kernel then runs with neither weight decay nor ``maximize``."""
+        decayed = (-grad if static.maximize else grad).add(param, alpha=hparams.weight_decay)
+        return [decayed], hparams._replace(weight_decay=0.0), static._replace(maximize=False)
 
     def _loop_chunks(self, params: list, state: dict, hparams: Any, static: Any, host_scalars: bool) -> list:
         """Index chunks the for-loop kernel runs over, one after another (:func:`_cache_sized_chunks`;

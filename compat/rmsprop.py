@@ -9,7 +9,6 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT, _default_to_fused_or_foreach
 
-from functional_optim._kernels.ops import nonzero
 from functional_optim.rmsprop import RMSPROP, RMSpropHParams, RMSpropStatic, validate
 
 from ._rules import upgrade_state
@@ -29,6 +28,7 @@ class RMSprop(FunctionalOptimizer):
 
     cpu_default_foreach = True
     definition = RMSPROP
+    complex_l2_before_real_view = True
 
     def __init__(
         self,
@@ -97,18 +97,4 @@ class RMSprop(FunctionalOptimizer):
         when capturable or differentiable (only a compiled step keeps it a tensor)."""
         if isinstance(hparams.lr, Tensor) and not torch.compiler.is_compiling():
             hparams = hparams._replace(lr=hparams.lr.item())
-        complex_ = [i for i, p in enumerate(params) if torch.is_complex(p)]
-        if not complex_ or not nonzero(hparams.weight_decay):
-            super()._loop_group(params, grads, state, hparams, static, host_scalars)
-            return
-        # torch's for-loop decays a complex gradient as a complex number, then views it as real
-        # (its foreach code, and the kernel, view first): decay those here, then step them without
-        real = [i for i in range(len(params)) if i not in set(complex_)]
-        take = lambda xs, idx: [xs[i] for i in idx]  # noqa: E731
-        if real:
-            super()._loop_group(take(params, real), take(grads, real), {k: take(v, real) for k, v in state.items()},
-                                hparams, static, host_scalars)
-        decayed = [(-grads[i] if static.maximize else grads[i]).add(params[i], alpha=hparams.weight_decay)
-                   for i in complex_]
-        super()._loop_group(take(params, complex_), decayed, {k: take(v, complex_) for k, v in state.items()},
-                            hparams._replace(weight_decay=0.0), static._replace(maximize=False), host_scalars)
+        super()._loop_group(params, grads, state, hparams, static, host_scalars)

@@ -4,7 +4,8 @@
 optimizers, the configurations torch's own tests step (``optim_inputs_func``) and the inputs that
 must fail (``optim_error_inputs_func``, at construction or at the step). For each optimizer here:
 
-* every CPU configuration, float32 and float64, with torch's default implementation and, where
+* every CPU configuration, float32 and float64 (and complex64 and complex128 where torch's
+  database marks the optimizer ``supports_complex``), with torch's default implementation and, where
   the class has one, ``foreach=True``: four steps of ``compat.X`` and ``torch.optim.X`` on the same
   gradients give bitwise equal parameters and equal state dicts (or the same error where torch
   refuses the configuration on this device);
@@ -40,6 +41,17 @@ def _params(name: str, dtype: torch.dtype) -> list:
     return [torch.randn(s, generator=gen, dtype=dtype) for s in shapes]
 
 
+def _square(x: torch.Tensor) -> torch.Tensor:
+    """``|x|^2``: a real objective for complex parameters too."""
+    return (x * x.conj()).real if x.is_complex() else x**2
+
+
+def _dtypes(info) -> tuple:
+    """float32 and float64, and complex64 and complex128 where torch's database says the optimizer
+    supports complex parameters (``OptimizerInfo.supports_complex``)."""
+    return (torch.float32, torch.float64) + ((torch.complex64, torch.complex128) if info.supports_complex else ())
+
+
 def _run(cls, name: str, kwargs: dict, dtype: torch.dtype):
     """``("ok", params, state_dict)`` after :data:`STEPS` steps, or ``("raised", type, message)``."""
     params = [p.clone().requires_grad_() for p in _params(name, dtype)]
@@ -52,7 +64,7 @@ def _run(cls, name: str, kwargs: dict, dtype: torch.dtype):
                 if name == "LBFGS":
                     def closure():
                         opt.zero_grad()
-                        loss = sum(((p - 1) ** 2 * (i + 1)).sum() for i, p in enumerate(params))
+                        loss = sum((_square(p - 1) * (i + 1)).sum() for i, p in enumerate(params))
                         loss.backward()
                         return loss
                     opt.step(closure)
@@ -88,7 +100,7 @@ def test_optim_db_configurations_step_bitwise_as_torch(name):
     info = INFOS[name]
     has_foreach = "foreach" in inspect.signature(info.optim_cls).parameters
     compared = 0
-    for dtype in (torch.float32, torch.float64):
+    for dtype in _dtypes(info):
         for config in _configs(info, dtype):
             variants = [config.kwargs]
             if has_foreach and "foreach" not in config.kwargs and not config.kwargs.get("fused"):

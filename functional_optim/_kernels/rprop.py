@@ -35,9 +35,13 @@ def rprop_kernel(ops: Ops, params: list, grads: list, state: dict, hparams: Any,
     steps = ops.increment_(state["step"])
     if static.maximize:
         grads = ops.neg(grads)
-    factors = ops.rprop_factors_(ops.sign_(ops.mul(grads, state["prev"])), eta_minus, eta_plus)
+    signs = ops.mul(grads, state["prev"])
+    # the gradient goes into ``prev`` before the signs are taken, in torch's foreach order (so where
+    # an operation is missing, e.g. a DTensor sharding rule, the same one is missed first)
+    prevs = ops.copy_(state["prev"], grads)
+    factors = ops.rprop_factors_(ops.sign_(signs), eta_minus, eta_plus)
     step_sizes = ops.clamp_(ops.mul_tensors_(state["step_size"], factors), step_size_min, step_size_max)
-    prevs = ops.zero_where_equal_(ops.copy_(state["prev"], grads), factors, eta_minus)
+    prevs = ops.zero_where_equal_(prevs, factors, eta_minus)
     params = ops.addcmul_(params, ops.sign(prevs), step_sizes, -1)
     return params, {"step": steps, "prev": prevs, "step_size": step_sizes}
 
