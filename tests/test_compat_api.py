@@ -14,6 +14,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 
 import compat
 from _parity import signature_shape
+from _registry import OPTIMIZERS
 
 PAIRS = [(torch.optim.Adam, compat.Adam), (torch.optim.AdamW, compat.AdamW)]
 IDS = [t.__name__ for t, _ in PAIRS]
@@ -149,9 +150,23 @@ def test_lr_schedulers_drive_compat_like_torch(name, tensor_lr):
         assert isinstance(our_opt.param_groups[0]["lr"], torch.Tensor)
 
 
+#: every torch.optim optimizer the installed torch has (compat has each)
+TWINS = [e.torch_cls.__name__ for e in OPTIMIZERS] + [n for n in ("LBFGS", "Muon", "SparseAdam") if hasattr(torch.optim, n)]
+
+
 def _hooked_run(cls):
+    """The order in which a step (with a closure) and a state-dict round trip call every hook."""
     calls = []
-    model = _model()
+    name = cls.__name__
+    if name == "SparseAdam":
+        torch.manual_seed(0)
+        model, inputs = torch.nn.Embedding(5, 4, sparse=True), torch.tensor([0, 3])
+    else:
+        model, inputs = _model(), torch.randn(2, 4)
+        if name == "Muon":  # matrices only
+            model = torch.nn.Sequential(*(m for m in model if not isinstance(m, torch.nn.Linear)),
+                                        *(torch.nn.Linear(m.in_features, m.out_features, bias=False)
+                                          for m in model if isinstance(m, torch.nn.Linear)))
     opt = cls(model.parameters(), lr=0.01)
     handles = [
         register_optimizer_step_pre_hook(lambda o, a, k: calls.append("global_pre")),
@@ -164,8 +179,8 @@ def _hooked_run(cls):
         opt.register_state_dict_post_hook(lambda o, sd: calls.append("sd_post"))
         opt.register_load_state_dict_pre_hook(lambda o, sd: calls.append("load_pre"))
         opt.register_load_state_dict_post_hook(lambda o: calls.append("load_post"))
-        model(torch.randn(2, 4)).sum().backward()
-        opt.step(lambda: calls.append("closure") or torch.tensor(1.0))
+        model(inputs).sum().backward()
+        calls.append(float(opt.step(lambda: calls.append("closure") or torch.tensor(1.0))))
         sd = opt.state_dict()
         opt.load_state_dict(sd)
     finally:
@@ -174,9 +189,13 @@ def _hooked_run(cls):
     return calls
 
 
-def test_hooks_fire_in_torch_order():
-    assert _hooked_run(compat.Adam) == _hooked_run(torch.optim.Adam)
-    assert "closure" in _hooked_run(compat.Adam)
+@pytest.mark.parametrize("name", TWINS)
+def test_hooks_fire_in_torch_order(name):
+    """Global and per-optimizer step hooks, the closure, the returned loss and the state-dict hooks,
+    for every compat class, in torch.optim's order."""
+    ours = _hooked_run(getattr(compat, name))
+    assert ours == _hooked_run(getattr(torch.optim, name))
+    assert "closure" in ours and "sd_post" in ours and "load_post" in ours
 
 
 def test_step_pre_hook_can_replace_args_like_torch():

@@ -334,25 +334,8 @@ def test_foreach_differentiable_and_sparse_grads_raise_like_torch():
 
 
 # ---------------------------------------------------------------------------------------- API
-def _hooked(cls) -> list:
-    calls = []
-    torch.manual_seed(0)
-    model = torch.nn.Linear(3, 2)
-    opt = cls(model.parameters(), lr=0.1, momentum=0.9)
-    opt.register_step_pre_hook(lambda o, a, k: calls.append("pre"))
-    opt.register_step_post_hook(lambda o, a, k: calls.append("post"))
-    opt.register_state_dict_pre_hook(lambda o: calls.append("sd_pre"))
-    opt.register_state_dict_post_hook(lambda o, sd: calls.append("sd_post"))
-    opt.register_load_state_dict_pre_hook(lambda o, sd: calls.append("load_pre"))
-    opt.register_load_state_dict_post_hook(lambda o: calls.append("load_post"))
-    model(torch.randn(4, 3)).sum().backward()
-    calls.append(float(opt.step(lambda: calls.append("closure") or torch.tensor(2.0))))
-    opt.load_state_dict(opt.state_dict())
-    return calls
-
-
-def test_hooks_closure_and_scheduler_like_torch():
-    assert _hooked(RMSprop) == _hooked(torch.optim.RMSprop)
+def test_scheduler_cycling_momentum_drives_compat_like_torch():
+    """OneCycleLR cycles ``momentum`` along with ``lr`` (hooks and closures: tests/test_compat_api.py)."""
     out = []
     for cls in (torch.optim.RMSprop, RMSprop):
         ps = _params(torch.float32)

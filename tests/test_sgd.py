@@ -546,27 +546,6 @@ def test_fused_device_dtype_check_matches_torch():
 
 
 # ---------------------------------------------------------------------------------------- API
-def _hooked(cls) -> list:
-    calls = []
-    torch.manual_seed(0)
-    model = torch.nn.Linear(3, 2)
-    opt = cls(model.parameters(), lr=0.1, momentum=0.9)
-    opt.register_step_pre_hook(lambda o, a, k: calls.append("pre"))
-    opt.register_step_post_hook(lambda o, a, k: calls.append("post"))
-    opt.register_state_dict_pre_hook(lambda o: calls.append("sd_pre"))
-    opt.register_state_dict_post_hook(lambda o, sd: calls.append("sd_post"))
-    opt.register_load_state_dict_pre_hook(lambda o, sd: calls.append("load_pre"))
-    opt.register_load_state_dict_post_hook(lambda o: calls.append("load_post"))
-    model(torch.randn(4, 3)).sum().backward()
-    calls.append(float(opt.step(lambda: calls.append("closure") or torch.tensor(2.0))))
-    opt.load_state_dict(opt.state_dict())
-    return calls
-
-
-def test_hooks_and_closure_like_torch():
-    assert _hooked(SGD) == _hooked(torch.optim.SGD)
-
-
 def test_lr_scheduler_drives_compat_like_torch():
     for lr in (0.1, torch.tensor(0.1)):
         out = []
