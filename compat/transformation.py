@@ -150,6 +150,17 @@ def _refill(node: Any, leaves: Any) -> Any:
     return optree.tree_unflatten(spec, [next(leaves) for _ in range(spec.num_leaves)])
 
 
+def _rebuilt(cls: type, construction: tuple, torch_state: dict) -> "TransformationOptimizer":
+    """An unpickled subclass optimizer: made by its constructor on the pickled parameters, then
+    given the pickled ``defaults``, ``state`` and ``param_groups`` (torch's ``__setstate__``)."""
+    args, kwargs = construction
+    params = [p for group in torch_state["param_groups"] for p in group["params"]]
+    optimizer = cls(params, *args, **kwargs)
+    optimizer.__setstate__(torch_state)
+    optimizer._layouts = {}  # the groups are the pickled ones now: layouts are made again
+    return optimizer
+
+
 def _torch_managed(attribute: str) -> bool:
     """Attributes ``torch.optim.Optimizer`` sets up itself (hooks, profiling names, warnings)."""
     return attribute.startswith("_optimizer_") or attribute in (
@@ -213,6 +224,26 @@ class TransformationOptimizer(Optimizer):
         gives an optimizer that steps; torch's hooks are left out, as torch leaves them out."""
         own = {k: v for k, v in self.__dict__.items() if not _torch_managed(k)}
         return {**super().__getstate__(), **own}
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        """A subclass's instance records its constructor arguments (all but ``params``): a
+        transformation is a pair of closures, which ``pickle`` cannot store, so a pickled
+        optimizer of a subclass (``pickle``, ``torch.save(opt)``, ``copy.deepcopy``) is made again
+        by its constructor and then given torch's state (see :meth:`__reduce_ex__`)."""
+        self = super().__new__(cls)
+        if cls is not TransformationOptimizer:
+            if "params" in kwargs:
+                kwargs = {k: v for k, v in kwargs.items() if k != "params"}
+            else:
+                args = args[1:]
+            self.__dict__["_construction"] = (args, kwargs)
+        return self
+
+    def __reduce_ex__(self, protocol: Any):
+        construction = self.__dict__.get("_construction")
+        if construction is None:  # TransformationOptimizer itself: pickled with its transformation
+            return super().__reduce_ex__(protocol)
+        return _rebuilt, (type(self), construction, Optimizer.__getstate__(self))
 
     # ------------------------------------------------------------------ state <-> pytree
     def _group_layout(self, index: int, params: list) -> _Layout:

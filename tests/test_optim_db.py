@@ -62,9 +62,13 @@ def _run(cls, name: str, kwargs: dict, dtype: torch.dtype):
             opt = cls(params, **copy.deepcopy(kwargs))
             for _ in range(STEPS):
                 if name == "LBFGS":
+                    # a quadratic with its minimum at 1, or its maximum there for ``maximize``
+                    # (which would otherwise climb to inf and NaN, where no comparison says much)
+                    sign = -1 if kwargs.get("maximize") else 1
+
                     def closure():
                         opt.zero_grad()
-                        loss = sum((_square(p - 1) * (i + 1)).sum() for i, p in enumerate(params))
+                        loss = sign * sum((_square(p - 1) * (i + 1)).sum() for i, p in enumerate(params))
                         loss.backward()
                         return loss
                     opt.step(closure)
