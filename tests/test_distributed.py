@@ -21,7 +21,10 @@ unsharded run of the same optimizer:
   unsharded model stepped by ``torch.optim``;
 * ``zero/<Class>``: DDP with ``ZeroRedundancyOptimizer(optimizer_class=compat.<Class>)``, each rank
   stepping its partition of the parameters, against the model stepped by ``torch.optim`` in one
-  process; the state consolidated on rank 0 against torch's state dict.
+  process; the state consolidated on rank 0 against torch's state dict;
+* ``dcp/<Class>``: FSDP2 with sharded ``torch.distributed.checkpoint`` checkpoints (model and
+  optimizer through ``get_/set_*_state_dict``, ``dcp.save``/``dcp.load`` by both ranks) written by
+  torch.optim and resumed by compat and the other way, against torch.optim resumed from its own.
 
 SparseAdam (sparse gradients) and LBFGS (a closure over the whole objective) are not run here.
 
@@ -114,6 +117,7 @@ CASES = (
     + [f"functional/{cls.lower()}" for cls in KWARGS]
     + [f"fsdp2/{cls}" for cls in KWARGS]
     + [f"zero/{cls}" for cls in KWARGS]
+    + [f"dcp/{cls}" for cls in KWARGS]
 )
 
 
@@ -409,10 +413,10 @@ def _model(cls_name: str):
     )
 
 
-def _train_side_by_side(runs) -> None:
-    """:data:`STEPS` steps of each ``(model, optimizer)`` on the same batches (the same on every
-    rank, so an averaged gradient is the single-process one)."""
-    for step in range(STEPS):
+def _train_side_by_side(runs, steps=range(STEPS)) -> None:
+    """A step of each ``(model, optimizer)`` per entry of ``steps``, on the same batches (the same
+    on every rank, so an averaged gradient is the single-process one)."""
+    for step in steps:
         g = torch.Generator().manual_seed(step)
         x, y = torch.randn(8, 5, generator=g, dtype=DTYPE), torch.randn(8, 3, generator=g, dtype=DTYPE)
         for model, opt in runs:
@@ -430,9 +434,7 @@ def _case_fsdp2(cls_name: str, mesh, check) -> None:
     kwargs = KWARGS[cls_name]
     sharded, ref = _model(cls_name), _model(cls_name)
     for model in (sharded, ref) if cls_name in SHARDED_REFERENCE else (sharded,):
-        fully_shard(model[0], mesh=mesh)
-        fully_shard(model[2], mesh=mesh)
-        fully_shard(model, mesh=mesh)
+        _fully_shard(model, mesh)
     opt = getattr(compat, cls_name)(sharded.parameters(), **kwargs)
     ref_opt = getattr(torch.optim, cls_name)(ref.parameters(), **kwargs)
     _train_side_by_side(((sharded, opt), (ref, ref_opt)))
@@ -440,6 +442,77 @@ def _case_fsdp2(cls_name: str, mesh, check) -> None:
         check(f"param {name}", p.detach(), ref_p.detach())
         for key, value in ref_opt.state[ref_p].items():
             check(f"state {name}.{key}", opt.state[p][key], value)
+
+
+def _fully_shard(model, mesh):
+    """FSDP2 over each linear layer and the whole model (parameters ``Shard(0)``)."""
+    from torch.distributed.fsdp import fully_shard
+
+    fully_shard(model[0], mesh=mesh)
+    fully_shard(model[2], mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def _case_dcp(cls_name: str, mesh, check) -> None:
+    """FSDP2 + ``torch.distributed.checkpoint``: a sharded checkpoint of the model and of the
+    optimizer (``get_model_state_dict`` / ``get_optimizer_state_dict``, ``dcp.save`` by both
+    ranks) written by torch.optim.X is resumed by compat.X (``dcp.load``, ``set_*_state_dict``), and
+    one written by compat.X by torch.optim.X; both go on as torch.optim.X resumed from its own.
+    Where torch.optim.X cannot step the sharded model (Adafactor squares a partial norm in place,
+    Rprop's for-loop writes through a mask), compat.X resumed from its own checkpoint goes on as
+    compat.X run without the interruption."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
+                                                         set_model_state_dict, set_optimizer_state_dict)
+
+    import compat
+
+    kwargs, half = KWARGS[cls_name], STEPS // 2
+    folder = os.path.join(os.environ["TORCH_DISTRIBUTED_TEST_OUT"], "dcp", cls_name)
+
+    def trained(module):
+        model = _fully_shard(_model(cls_name), mesh)
+        opt = getattr(module, cls_name)(model.parameters(), **kwargs)
+        _train_side_by_side([(model, opt)], range(half))
+        return model, opt
+
+    def resumed(module, checkpoint: str):
+        model = _fully_shard(_model(cls_name), mesh)
+        opt = getattr(module, cls_name)(model.parameters(), **kwargs)
+        state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
+        dcp.load(state, checkpoint_id=checkpoint)
+        set_model_state_dict(model, state["model"])
+        set_optimizer_state_dict(model, opt, state["optim"])
+        return model, opt
+
+    def save(module) -> None:
+        model, opt = trained(module)
+        dcp.save({"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)},
+                 checkpoint_id=os.path.join(folder, module.__name__))
+
+    save(compat)
+    try:
+        save(torch.optim)
+    except (RuntimeError, NotImplementedError):  # torch.optim.X on these DTensors (the same on both ranks)
+        uninterrupted = trained(compat)
+        runs, labels = [uninterrupted, resumed(compat, os.path.join(folder, "compat"))], ["compat from compat's"]
+        _train_side_by_side(runs[:1], range(half, STEPS))
+        _train_side_by_side(runs[1:], range(half, STEPS))
+    else:
+        dist.barrier()
+        runs = [resumed(torch.optim, os.path.join(folder, "torch.optim")),  # the reference
+                resumed(compat, os.path.join(folder, "torch.optim")), resumed(torch.optim, os.path.join(folder, "compat"))]
+        labels = ["compat from torch.optim's", "torch.optim from compat's"]
+        _train_side_by_side(runs, range(half, STEPS))
+    (ref, ref_opt), *others = runs
+    for label, (model, opt) in zip(labels, others):
+        for (name, p), ref_p in zip(model.named_parameters(), ref.parameters()):
+            check(f"{label} checkpoint: param {name}", p.detach(), ref_p.detach())
+            assert set(opt.state[p]) == set(ref_opt.state[ref_p]), (label, name)
+            for key, value in ref_opt.state[ref_p].items():
+                check(f"{label} checkpoint: state {name}.{key}", opt.state[p][key], value)
 
 
 def _case_zero(cls_name: str, mesh, check) -> None:
@@ -479,6 +552,8 @@ def _run_case(case: str, mesh, check) -> None:
         _case_functional(name, mesh, check)
     elif kind == "zero":
         _case_zero(name, mesh, check)
+    elif kind == "dcp":
+        _case_dcp(name, mesh, check)
     else:
         _case_fsdp2(name, mesh, check)
 
