@@ -26,8 +26,8 @@ def _model(seed=0):
     return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
 
 
-def _train(opt_cls, steps=5, sched=None, seed=0, **kwargs):
-    model = _model(seed)
+def _train(opt_cls, steps=5, sched=None, seed=0, model=None, **kwargs):
+    model = _model(seed) if model is None else model
     opt = opt_cls(model.parameters(), **kwargs)
     scheduler = sched(opt) if sched else None
     data = torch.randn(16, 4, generator=torch.Generator().manual_seed(1))
@@ -153,6 +153,38 @@ def test_lr_schedulers_drive_compat_like_torch(name, tensor_lr):
 
 #: every torch.optim optimizer the installed torch has (compat has each)
 TWINS = [e.torch_cls.__name__ for e in OPTIMIZERS] + [n for n in ("LBFGS", "Muon", "SparseAdam") if hasattr(torch.optim, n)]
+
+
+def _bias_free(model: torch.nn.Sequential) -> torch.nn.Sequential:
+    """The same layers without biases (Muon steps matrices only)."""
+    return torch.nn.Sequential(*(torch.nn.Linear(m.in_features, m.out_features, bias=False)
+                                 if isinstance(m, torch.nn.Linear) else m for m in model))
+
+
+@pytest.mark.parametrize("scheduler", list(SCHEDULERS))
+@pytest.mark.parametrize("name", TWINS)
+def test_every_scheduler_drives_every_optimizer_like_torch(name, scheduler):
+    """Each LR scheduler over each compat class: the same learning rates, bitwise the same
+    parameters and optimizer state dict as over torch.optim's class; where torch refuses the pair
+    (``OneCycleLR``/``CyclicLR`` cycling a momentum the optimizer has not, LBFGS without a closure,
+    SparseAdam on dense gradients) compat raises torch's exception and message."""
+    def run(cls):
+        torch.manual_seed(0)
+        model = _bias_free(_model()) if name == "Muon" else _model()
+        return _train(cls, steps=6, sched=SCHEDULERS[scheduler], model=model)
+
+    try:
+        ref_model, ref_opt, ref_lrs = run(getattr(torch.optim, name))
+    except Exception as torch_error:  # noqa: BLE001 - compared with compat's below
+        with pytest.raises(type(torch_error)) as ours:
+            run(getattr(compat, name))
+        assert str(ours.value) == str(torch_error)
+        return
+    our_model, our_opt, our_lrs = run(getattr(compat, name))
+    assert our_lrs == ref_lrs
+    for a, b in zip(our_model.parameters(), ref_model.parameters()):
+        assert torch.equal(a, b)
+    assert same_value(our_opt.state_dict(), ref_opt.state_dict())
 
 
 def _hooked_run(cls):
