@@ -399,3 +399,20 @@ def test_distributed_checkpoint_state_dict_api_cross_loads(case, tmp_path):
                         assert value.dtype == reference.dtype and torch.equal(value, reference), (fqn, key)
                     else:
                         assert value == reference, (fqn, key)
+
+
+@pytest.mark.parametrize("available", BEYOND, ids=[a.spec.name for a in BEYOND])
+def test_hf_trainer_builds_beyond_torch_optimizers_as_their_references(available, tmp_path):
+    """``optimizer_cls_and_kwargs=(compat.X, {})`` for compat's optimizers beyond torch.optim:
+    with the Trainer's weight-decay / no-decay groups and its schedule, compat.X ends where the
+    reference class ends (float32, to 1e-5)."""
+    _transformers()
+    name, runs = available.spec.name, {}
+    for label, cls in (("reference", available.reference_cls), ("compat", getattr(compat, name))):
+        # (Schedule-Free classes step in train mode, which the Trainer sets: ``optimizer.train()``)
+        weights, metrics, trainer = _hf_build(cls, {}, tmp_path / label)
+        runs[label] = weights, metrics
+        assert [g["weight_decay"] for g in trainer.optimizer.param_groups] == [0.1, 0.0]
+    (expected, expected_metrics), (actual, metrics) = runs["reference"], runs["compat"]
+    _assert_close(actual, expected, f"Trainer-built compat.{name}")
+    assert metrics["eval_loss"] == pytest.approx(expected_metrics["eval_loss"], rel=1e-5)
