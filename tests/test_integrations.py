@@ -176,6 +176,62 @@ def test_lightning_fit_and_resume_cross_loaded(case, tmp_path):
         _assert_bitwise(resumed, expected, f"{module.__name__} resumed from {source}'s checkpoint")
 
 
+def _lightning_fit_muon_and_adamw(module, optimizer_steps: int, tmp_path, *, resume=None, save=None):
+    """Lightning's manual optimization with two optimizers, as torch's docs pair them: Muon for the
+    matrices, AdamW for the rest (``module.Muon``, ``module.AdamW``), each with its StepLR."""
+    L = _lightning()
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+            self.model = Regressor("mlp")
+
+        def training_step(self, batch, batch_idx):
+            optimizers = self.optimizers()
+            for opt in optimizers:
+                opt.zero_grad()
+            self.manual_backward(self.model(**batch)["loss"])
+            for opt in optimizers:
+                self.clip_gradients(opt, gradient_clip_val=0.5)
+                opt.step()
+            for scheduler in self.lr_schedulers():
+                scheduler.step()
+
+        def configure_optimizers(self):
+            matrices = [p for p in self.parameters() if p.dim() == 2]
+            others = [p for p in self.parameters() if p.dim() != 2]
+            opts = [module.Muon(matrices, lr=0.02, weight_decay=0.01), module.AdamW(others, lr=0.01)]
+            return opts, [torch.optim.lr_scheduler.StepLR(o, step_size=2, gamma=0.5) for o in opts]
+
+    lit = Module()
+    trainer = L.Trainer(max_steps=2 * optimizer_steps, accelerator="cpu", devices=1, logger=False,  # 2 per batch
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=str(tmp_path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(lit, torch.utils.data.DataLoader(Batches("mlp"), batch_size=8), ckpt_path=resume)
+        if save is not None:
+            trainer.save_checkpoint(save)
+    return _weights(lit.model)
+
+
+@pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon is not in this torch")
+def test_lightning_manual_optimization_with_muon_and_adamw(tmp_path):
+    """Two compat optimizers stepped by hand in Lightning (manual optimization, clipping per
+    optimizer, a scheduler each) equal torch.optim's pair bitwise, and each pair's checkpoint
+    (both optimizers' states) resumes with the other pair as torch's resumes from its own."""
+    _lightning()
+    ckpt = {m.__name__: tmp_path / f"{m.__name__}.ckpt" for m in (torch.optim, compat)}
+    half = {m.__name__: _lightning_fit_muon_and_adamw(m, HALF, tmp_path, save=ckpt[m.__name__])
+            for m in (torch.optim, compat)}
+    _assert_bitwise(half["compat"], half["torch.optim"], "after the first half")
+    expected = _lightning_fit_muon_and_adamw(torch.optim, STEPS, tmp_path, resume=ckpt["torch.optim"])
+    for module, source in ((compat, "torch.optim"), (torch.optim, "compat")):
+        resumed = _lightning_fit_muon_and_adamw(module, STEPS, tmp_path, resume=ckpt[source])
+        _assert_bitwise(resumed, expected, f"{module.__name__} resumed from {source}'s checkpoint")
+
+
 def _beyond_torch() -> list:
     """compat's optimizers torch lacks, each with its reference class (``benchmarks.registry``;
     those whose package is missing are left out). Not here: SophiaH, whose step takes a Hessian
