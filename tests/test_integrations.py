@@ -94,9 +94,9 @@ class Batches(torch.utils.data.Dataset):
         return {"x": self.x[i], "labels": self.y[i]}
 
 
-def _make(cls_name: str, case: Case, module) -> Callable:
-    """The optimizer factory ``params -> optimizer`` for torch.optim or compat."""
-    cls = getattr(module, cls_name)
+def _make(case: Case, module) -> Callable:
+    """The optimizer factory ``params -> optimizer``: ``module.<case.name>`` with the case's kwargs."""
+    cls = getattr(module, case.name)
     return lambda params: cls(params, **case.kwargs)
 
 
@@ -134,7 +134,7 @@ def _lightning_fit(case: Case, module, max_steps: int, tmp_path, *, resume=None,
             return self.model(**batch)["loss"]
 
         def configure_optimizers(self):
-            opt = _make(case.name, case, module)(self.parameters())
+            opt = _make(case, module)(self.parameters())
             if prepare is not None:
                 prepare(opt)
             scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
@@ -301,7 +301,7 @@ def _hf_train(case: Case, module, out_dir, max_steps: int, *, save_at=None, resu
     """Train with HF Trainer, the optimizer and a StepLR handed in as ``optimizers=``."""
     transformers = _transformers()
     model = Regressor(case.model)
-    opt = _make(case.name, case, module)(model.parameters())
+    opt = _make(case, module)(model.parameters())
     scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
     saving = dict(save_strategy="steps", save_steps=save_at) if save_at else {}
     trainer = transformers.Trainer(model=model, args=_training_args(out_dir, max_steps, case, **saving),
@@ -410,14 +410,14 @@ def _dcp_round_trip(case: Case, saved_by, loaded_by, tmp_path):
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
     model = Regressor(case.model)
-    opt = _make(case.name, case, saved_by)(model.parameters())
+    opt = _make(case, saved_by)(model.parameters())
     _plain_steps(model, opt, HALF, case.model)
     saved = get_optimizer_state_dict(model, opt)  # keyed by parameter names (FQNs)
     dcp.save({"optim": saved}, checkpoint_id=str(tmp_path / "dcp"))
 
     resumed = Regressor(case.model)
     resumed.load_state_dict(model.state_dict())
-    new_opt = _make(case.name, case, loaded_by)(resumed.parameters())
+    new_opt = _make(case, loaded_by)(resumed.parameters())
     target = {"optim": get_optimizer_state_dict(resumed, new_opt)}
     dcp.load(target, checkpoint_id=str(tmp_path / "dcp"))
     set_optimizer_state_dict(resumed, new_opt, target["optim"])
