@@ -88,6 +88,15 @@ def _equal(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.equal(a, b)
 
 
+def result_or_error(fn: Callable):
+    """``(fn(), None)``, or ``(None, (type, message))`` of the exception ``fn()`` raised: for the
+    tests where compat must fail exactly where, and as, torch.optim fails."""
+    try:
+        return fn(), None
+    except Exception as e:  # noqa: BLE001 - any exception is an outcome to compare
+        return None, (type(e), str(e))
+
+
 def same_value(a, b) -> bool:
     """Equal values of a state dict: tensors bitwise with dtype and shape, containers recursively."""
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):

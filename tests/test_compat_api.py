@@ -14,7 +14,7 @@ from torch.optim import lr_scheduler
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 import compat
-from _parity import same_value, signature_shape
+from _parity import result_or_error, same_value, signature_shape
 from _registry import OPTIMIZERS
 
 PAIRS = [(torch.optim.Adam, compat.Adam), (torch.optim.AdamW, compat.AdamW)]
@@ -72,11 +72,8 @@ BAD_KWARGS = [
 
 
 def _error_of(fn):
-    try:
-        fn()
-    except Exception as e:  # noqa: BLE001 - we compare whatever torch raises
-        return type(e), str(e)
-    return None
+    """``(type, message)`` of what ``fn()`` raises, or ``None``."""
+    return result_or_error(fn)[1]
 
 
 @pytest.mark.parametrize("kwargs", BAD_KWARGS, ids=str)
@@ -173,13 +170,11 @@ def test_every_scheduler_drives_every_optimizer_like_torch(name, scheduler):
         model = _bias_free(_model()) if name == "Muon" else _model()
         return _train(cls, steps=6, sched=SCHEDULERS[scheduler], model=model)
 
-    try:
-        ref_model, ref_opt, ref_lrs = run(getattr(torch.optim, name))
-    except Exception as torch_error:  # noqa: BLE001 - compared with compat's below
-        with pytest.raises(type(torch_error)) as ours:
-            run(getattr(compat, name))
-        assert str(ours.value) == str(torch_error)
+    result, torch_error = result_or_error(lambda: run(getattr(torch.optim, name)))
+    if torch_error is not None:
+        assert _error_of(lambda: run(getattr(compat, name))) == torch_error
         return
+    ref_model, ref_opt, ref_lrs = result
     our_model, our_opt, our_lrs = run(getattr(compat, name))
     assert our_lrs == ref_lrs
     for a, b in zip(our_model.parameters(), ref_model.parameters()):
@@ -424,14 +419,10 @@ def test_copied_optimizer_steps_on_as_the_original(name, how):
     not part of torch's pickled state), compat's fails the same way. (The classes built on
     ``TransformationOptimizer`` are made again by their constructor: a transformation is closures,
     which pickle cannot store.)"""
-    if hasattr(torch.optim, name):
-        try:
-            _copy_and_step(torch.optim, name, how)
-        except Exception as torch_error:  # noqa: BLE001 - compared with compat's below
-            with pytest.raises(type(torch_error)) as ours:
-                _copy_and_step(compat, name, how)
-            assert str(ours.value) == str(torch_error)
-            return
+    torch_error = _error_of(lambda: _copy_and_step(torch.optim, name, how)) if hasattr(torch.optim, name) else None
+    if torch_error is not None:
+        assert _error_of(lambda: _copy_and_step(compat, name, how)) == torch_error
+        return
     twin_params, params, twin_state, state = _copy_and_step(compat, name, how)
     assert all(torch.equal(a, b) for a, b in zip(twin_params, params))
     assert same_value(twin_state, state)

@@ -49,6 +49,7 @@ import pytest
 import torch
 
 import functional_optim as fo
+from _parity import result_or_error
 from _registry import OPTIMIZERS as REGISTRY
 
 WORLD_SIZE = 2
@@ -331,27 +332,21 @@ def _case_compat(cls_name: str, impl: str, mesh, check) -> None:
 
     kwargs = dict(KWARGS[cls_name], **_impl_kwargs(impl))
     names = _param_names(cls_name)
+    run_torch = lambda: _run_optim(getattr(torch.optim, cls_name), kwargs, mesh, names)  # noqa: E731
     if impl == "fused":
         # torch's fused kernels need a DTensor sharding strategy (Adagrad's has none in torch
         # 2.13): where torch.optim cannot step sharded params, compat must fail the same way
-        try:
-            _run_optim(getattr(torch.optim, cls_name), kwargs, mesh, names)
-        except Exception as e:  # noqa: BLE001
-            try:
-                _run_optim(getattr(compat, cls_name), kwargs, mesh, names)
-            except Exception as f:  # noqa: BLE001
-                assert (type(f), str(f)) == (type(e), str(e)), f"torch.optim: {e!r}\ncompat: {f!r}"
-                return
-            raise AssertionError(f"torch.optim raised {e!r} on DTensors, compat did not")
-    try:
-        params, state = _run_optim(getattr(compat, cls_name), kwargs, mesh, names)
-    except Exception as f:  # noqa: BLE001 - acceptable only as torch.optim's own failure on DTensors
-        try:
-            _run_optim(getattr(torch.optim, cls_name), kwargs, mesh, names)
-        except Exception as e:  # noqa: BLE001
-            assert (type(f), str(f)) == (type(e), str(e)), f"torch.optim: {e!r}\ncompat: {f!r}"
+        torch_error = result_or_error(run_torch)[1]
+        if torch_error is not None:
+            compat_error = result_or_error(lambda: _run_optim(getattr(compat, cls_name), kwargs, mesh, names))[1]
+            assert compat_error == torch_error, f"torch.optim: {torch_error}\ncompat: {compat_error}"
             return
-        raise
+    result, compat_error = result_or_error(lambda: _run_optim(getattr(compat, cls_name), kwargs, mesh, names))
+    if compat_error is not None:  # acceptable only as torch.optim's own failure on these DTensors
+        torch_error = result_or_error(run_torch)[1]
+        assert compat_error == torch_error, f"torch.optim: {torch_error}\ncompat: {compat_error}"
+        return
+    params, state = result
     reference_mesh = mesh if cls_name in SHARDED_REFERENCE else None
     ref_params, ref_state = _run_optim(getattr(torch.optim, cls_name), kwargs, reference_mesh, names)
     for name in names:
