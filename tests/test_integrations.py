@@ -143,17 +143,24 @@ def _lightning_fit(case: Case, module, max_steps: int, tmp_path, *, resume=None,
 
     lit = Module()
     accumulate = 1 if case.name == "LBFGS" else 2  # Lightning steps LBFGS once per batch
+    trainer = _lightning_run(lit, case.model, max_steps, tmp_path, resume, save,
+                             accumulate_grad_batches=accumulate, gradient_clip_val=_clip(case) or None)
+    return _weights(lit.model), trainer
+
+
+def _lightning_run(lit, kind: str, max_steps: int, tmp_path, resume, save, **trainer_kwargs):
+    """``lit`` fitted by a quiet CPU Trainer on :class:`Batches` of ``kind`` (resumed from the
+    checkpoint ``resume``, saved to ``save`` if given); the Trainer."""
+    L = _lightning()
     trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", devices=1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=str(tmp_path),
-                        accumulate_grad_batches=accumulate, gradient_clip_val=_clip(case) or None)
-    loader = torch.utils.data.DataLoader(Batches(case.model), batch_size=8)
+                        enable_model_summary=False, default_root_dir=str(tmp_path), **trainer_kwargs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer.fit(lit, loader, ckpt_path=resume)
+        trainer.fit(lit, torch.utils.data.DataLoader(Batches(kind), batch_size=8), ckpt_path=resume)
         if save is not None:
             trainer.save_checkpoint(save)
-    return _weights(lit.model), trainer
+    return trainer
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
@@ -206,14 +213,7 @@ def _lightning_fit_muon_and_adamw(module, optimizer_steps: int, tmp_path, *, res
             return opts, [torch.optim.lr_scheduler.StepLR(o, step_size=2, gamma=0.5) for o in opts]
 
     lit = Module()
-    trainer = L.Trainer(max_steps=2 * optimizer_steps, accelerator="cpu", devices=1, logger=False,  # 2 per batch
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        default_root_dir=str(tmp_path))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer.fit(lit, torch.utils.data.DataLoader(Batches("mlp"), batch_size=8), ckpt_path=resume)
-        if save is not None:
-            trainer.save_checkpoint(save)
+    _lightning_run(lit, "mlp", 2 * optimizer_steps, tmp_path, resume, save)  # (Lightning counts both steps)
     return _weights(lit.model)
 
 
