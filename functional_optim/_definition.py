@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
+from ._kernels import runs
 from ._kernels.eager import FOREACH_PURE, eager_ops_for
 from ._kernels.grouped import step_lists
 from ._kernels.ops import Ops
@@ -127,6 +128,9 @@ def unpack_field(params: Any, field: Any, name: str, params_spec=None) -> list:
 
 def check_params(name: str, params: list, paths: Callable[[], list], supports_complex: bool = True) -> None:
     """Parameters must be floating-point (or complex) tensors: integer ones would be truncated."""
+    run = runs.known(params)
+    if run is not None and run.dtype.is_floating_point:
+        return  # (the eager update's own views, of its own floating-point buffer)
     for i, p in enumerate(params):
         if not isinstance(p, Tensor):
             raise TypeError(f"{name}: params at {paths()[i]} must be a Tensor, got {type(p).__name__}")
@@ -178,6 +182,12 @@ def check_state(definition: OptimizerDefinition, static: Any, params: list, fiel
     at trace time under ``torch.compile``.
     """
     scalars = {"step", *definition.scalar_slots}
+    params_run = runs.known(params)
+    if params_run is not None:  # the fields that are known runs as expected need no reading
+        fields = {name: leaves for name, leaves in fields.items()
+                  if not _known_as_expected(definition, static, params_run, name in scalars, name, leaves)}
+        if not fields:
+            return
     layouts: dict = {}  # param shape -> slot shapes (computed once per distinct shape)
     for i, p in enumerate(params):
         shape, dtype, device = p.shape, p.dtype, p.device
@@ -199,6 +209,25 @@ def check_state(definition: OptimizerDefinition, static: Any, params: list, fiel
                 problem = _slot_problem(value, p, expected)
             if problem is not None:
                 raise ValueError(f"{definition.name}: state.{name} at {paths()[i]} {problem}")
+
+
+def _known_as_expected(definition: OptimizerDefinition, static: Any, params_run: runs.Run, scalar: bool,
+                       name: str, leaves: list) -> bool:
+    """Whether state field ``name`` is a known run (:mod:`._kernels.runs`) that :func:`check_state`
+    would pass: 0-d floating-point counters on the CPU or the params' device (``scalar``), or
+    tensors of the params' dtype and device in the shapes the definition expects of this slot."""
+    run = runs.known(leaves)
+    if run is None:
+        return False
+    if scalar:
+        return (run.dtype.is_floating_point and (run.device.type == "cpu" or run.device == params_run.device)
+                and (run.layout is runs.Layout.scalars(len(leaves)) or run.shapes == runs.Layout.scalars(len(leaves)).shapes))
+    if run.dtype != params_run.dtype or run.device != params_run.device:
+        return False
+    expected = {shape: definition.expected_slot_shapes(shape, static)[name] for shape in set(params_run.shapes)}
+    if all(slot == shape for shape, slot in expected.items()):
+        return run.shapes == params_run.shapes
+    return run.shapes == tuple(expected[shape] for shape in params_run.shapes)
 
 
 def make_transformation(definition: OptimizerDefinition, hparams: Any, static: Any) -> GradientTransformation:

@@ -16,6 +16,7 @@ from typing import Any, Callable, NamedTuple, Optional
 import torch
 
 from ._kernels.eager import FOREACH_PURE, eager_ops_for
+from ._kernels import runs
 from ._kernels.grouped import MIN_GROUP, add_lists
 from .rounding import Key, add_stochastic_flat, check_key, fold_in, stochastic_round
 from .tree import flatten_like, flatten_plain, leaf_paths, unflatten
@@ -86,6 +87,9 @@ def _check_updates(params: Params, p_leaves: list, u_leaves: list) -> None:
     larger one, and the cast back to the parameter's dtype would drop a complex update's
     imaginary part or truncate an update to an integer parameter. Raises naming the path, before
     anything is computed. (A float update of another width is cast back, as documented.)"""
+    p_run, u_run = runs.known(p_leaves), runs.known(u_leaves)
+    if p_run is not None and u_run is not None and u_run.shapes == p_run.shapes and _holds(p_run.dtype, u_run.dtype):
+        return  # (the eager update's own views: the updates and params of its last step)
     for i, (p, u) in enumerate(zip(p_leaves, u_leaves)):
         if u is None:
             continue

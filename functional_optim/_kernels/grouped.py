@@ -28,6 +28,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from . import runs
+
 __all__ = ["step_lists", "add_lists", "flat_view", "SMALL_NUMEL", "MIN_GROUP"]
 
 #: parameters with at most this many elements are stepped as part of a flat buffer
@@ -49,8 +51,12 @@ def flat_view(tensors: Sequence[Tensor]) -> Tensor | None:
     """A 1-D view of the tensors' elements if they lie one after another in one storage, else None.
 
     Adjacent addresses alone could span two allocations that happen to touch: the view is taken
-    only if the whole run lies inside the first tensor's storage."""
+    only if the whole run lies inside the first tensor's storage. A run this module handed out
+    (:mod:`.runs`) is known without reading each tensor."""
     first = tensors[0]
+    run = runs.known(tensors)
+    if run is not None:
+        return run.flat(first)
     itemsize, address = first.element_size(), first.data_ptr()
     total = 0
     for t in tensors:
@@ -63,15 +69,20 @@ def flat_view(tensors: Sequence[Tensor]) -> Tensor | None:
     return first.as_strided((total,), (1,), offset)
 
 
-def _unflat(flat: Tensor, like: list) -> list:
-    """``flat`` cut into views shaped like the tensors ``like``, in order."""
-    return list(torch._C._nn.unflatten_dense_tensors(flat, like))
+def _unflat(flat: Tensor, like: list, layout: runs.Layout | None = None) -> list:
+    """``flat`` cut into views shaped like the tensors ``like``, in order (``layout``: theirs, if
+    known), remembered as a run (:mod:`.runs`) for the next step."""
+    return runs.cut(flat, layout if layout is not None else runs.Layout.of(like))
 
 
 def _eligible(definition: Any, params: list, grads: list, state: dict) -> list:
     """Indices of the parameters that may be stepped inside a flat buffer: small, dense, real,
     contiguous CPU tensors whose gradient and full-size state slots are contiguous too."""
     slots = [state[s] for s in definition.slots if s not in definition.scalar_slots]
+    known = _known_eligible(params, slots)
+    if known is not None:  # only the gradients to read
+        return [i for i, g in enumerate(grads)
+                if type(g) is Tensor and g.layout == torch.strided and g.dtype == known and g.is_contiguous()]
     out = []
     for i, (p, g) in enumerate(zip(params, grads)):
         if (0 < p.numel() <= SMALL_NUMEL and p.dtype in _FLAT_DTYPES and p.is_cpu and p.is_contiguous()
@@ -84,11 +95,30 @@ def _eligible(definition: Any, params: list, grads: list, state: dict) -> list:
     return out
 
 
+def _known_eligible(params: list, slots: list) -> torch.dtype | None:
+    """The params' dtype if they and every full-size slot are known runs (:mod:`.runs`: contiguous
+    by construction) of small, non-empty CPU tensors of a dtype that is stepped flat, else ``None``."""
+    run = runs.known(params)
+    if (run is None or run.device.type != "cpu" or run.dtype not in _FLAT_DTYPES or run.layout.smallest == 0
+            or run.layout.largest > SMALL_NUMEL or not all(runs.known(s) is not None for s in slots)):
+        return None
+    return run.dtype
+
+
+def _scalar_values(leaves: list, candidates: list) -> list:
+    """The values of the 0-d tensors ``leaves[i]`` for the candidates, read on the host at once."""
+    if len(candidates) == len(leaves):
+        run = runs.known(leaves)
+        if run is not None:
+            return run.flat(leaves[0]).tolist()
+    return torch.stack([leaves[i] for i in candidates]).tolist()
+
+
 def _groups(definition: Any, params: list, state: dict, candidates: list) -> list:
     """The candidates grouped by (dtype, the values of every scalar slot, which slots are present),
     in their order; groups smaller than :data:`MIN_GROUP` are dropped."""
     scalar_names = ["step", *definition.scalar_slots]
-    values = [torch.stack([state[n][i] for i in candidates]).tolist() for n in scalar_names]
+    values = [_scalar_values(state[n], candidates) for n in scalar_names]
     full = [state[s] for s in definition.slots if s not in definition.scalar_slots]
     dtypes = [params[i].dtype for i in candidates]
     absent = [[s[i] is None for i in candidates] for s in full]
@@ -101,6 +131,7 @@ def _groups(definition: Any, params: list, state: dict, candidates: list) -> lis
 def _run_group(definition, ops, run_kernel, members: list, params, grads, state, hparams, static):
     """Step ``members`` as one flat buffer; returns (updates, {slot: new values}) per member."""
     member_params = [params[i] for i in members]
+    layout = runs.Layout.of(member_params)
     scalars = {"step", *definition.scalar_slots}
     flat_state = {}
     for name, leaves in state.items():
@@ -112,16 +143,17 @@ def _run_group(definition, ops, run_kernel, members: list, params, grads, state,
     flat_params = [_flat(member_params)]
     new_params, new_state = run_kernel(definition, ops, flat_params, [_flat([grads[i] for i in members])],
                                        flat_state, hparams, static)
-    updates = _unflat(ops.updates(new_params, flat_params)[0], member_params)
+    updates = _unflat(ops.updates(new_params, flat_params)[0], member_params, layout)
     n = len(members)
     out_state = {}
     for name, (value,) in new_state.items():
         if value is None:
             out_state[name] = [None] * n
         elif name in scalars:
-            out_state[name] = list(value.expand(n).clone().unbind())  # one 0-d tensor per member
+            counters = value.expand(n).clone()
+            out_state[name] = runs.record(list(counters.unbind()), counters, runs.Layout.scalars(n))  # 0-d each
         else:
-            out_state[name] = _unflat(value, member_params)
+            out_state[name] = _unflat(value, member_params, layout)
     return updates, out_state
 
 
@@ -129,25 +161,42 @@ def add_lists(params: list, updates: list, add) -> list:
     """``params + updates`` (``add``: the list addition to use), with every run of at least
     :data:`MIN_GROUP` updates that lie one after another in one buffer (as :func:`step_lists`
     returns them) added as one flat tensor; the sums of such a run are again one buffer."""
-    runs, start = [], 0
-    continues = _continuations(params, updates)
-    for end in range(1, len(updates) + 1):
-        if end == len(updates) or not continues[end - 1]:
-            runs.append((start, end))
-            start = end
+    spans = _spans(params, updates)
     out: list = [None] * len(params)
     singles: list = []  # indices added one tensor each: all in one call of ``add``
-    for start, end in runs:
+    for start, end in spans:
         olds, deltas = params[start:end], updates[start:end]
         flat_delta = flat_view(deltas) if end - start >= MIN_GROUP else None
         if flat_delta is None:
             singles.extend(range(start, end))
         else:
-            out[start:end] = _unflat(add([_flat(olds)], [flat_delta])[0], olds)
+            out[start:end] = _unflat(add([_flat(olds)], [flat_delta])[0], olds, runs.Layout.of(deltas))
     if singles:
         for i, new in zip(singles, add([params[i] for i in singles], [updates[i] for i in singles])):
             out[i] = new
     return out
+
+
+def _spans(params: list, updates: list) -> list:
+    """``(start, end)`` of each run of updates that lie one after another in memory, in order."""
+    run = runs.known(updates)
+    if run is not None and _all_of_dtype(params, run.dtype):
+        return [(0, len(updates))]
+    spans, start = [], 0
+    continues = _continuations(params, updates)
+    for end in range(1, len(updates) + 1):
+        if end == len(updates) or not continues[end - 1]:
+            spans.append((start, end))
+            start = end
+    return spans
+
+
+def _all_of_dtype(tensors: list, dtype: torch.dtype) -> bool:
+    """Whether every one of ``tensors`` is a plain tensor of ``dtype`` (a known run: its record)."""
+    run = runs.known(tensors)
+    if run is not None:
+        return run.dtype == dtype
+    return all(type(t) is Tensor and t.dtype == dtype for t in tensors)
 
 
 def _continuations(params: list, updates: list) -> list:
