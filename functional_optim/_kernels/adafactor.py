@@ -95,10 +95,19 @@ def _mean_squares(ops: Ops, grads: list, dim: int) -> list:
     out-of-place product cost 1.1x torch's foreach step). A DTensor's norm over a sharded dim is a
     pending partial sum, which DTensor refuses to square in place: those are squared out of place.
     """
-    norms = [torch.norm(g, dim=dim, keepdim=True) for g in grads]
+    norms = ops.own([_norm(g, dim) for g in grads])
     plain = all(type(n) is Tensor for n in norms)
     squares = ops.mul_tensors_(norms, norms) if plain else ops.square(norms)
     return ops.div_(squares, [g.size(dim) for g in grads])
+
+
+def _norm(g: Tensor, dim: int) -> Tensor:
+    """``torch.norm(g, dim=dim, keepdim=True)``, torch's row/column norm: on strided CPU and CUDA
+    tensors the ``linalg.vector_norm`` it calls, without its Python dispatch (a few µs a call, two
+    calls per matrix and step: on 500 small matrices a tenth of the eager step)."""
+    if g.layout == torch.strided and g.device.type in ("cpu", "cuda"):
+        return torch.linalg.vector_norm(g, 2, [dim], True)
+    return torch.norm(g, dim=dim, keepdim=True)
 
 
 def _at_most(x: Scalar, bound: Scalar) -> Scalar:
@@ -127,7 +136,10 @@ def _clamp_min(x: Tensor, bound: Scalar) -> Tensor:
     return torch.clamp(x, min=_as_dtype_of(bound, x))
 
 
-def _pick(xs: list, indices: list) -> list:
+def _pick(xs: Any, indices: list) -> Any:
+    """The entries ``indices`` of a list, or of a vector of per-parameter scalars (one indexing op)."""
+    if isinstance(xs, Tensor):
+        return xs if len(indices) == len(xs) else xs[indices]
     return [xs[i] for i in indices]
 
 

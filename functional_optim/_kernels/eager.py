@@ -40,7 +40,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from .ops import PURE, PureOps, Scalar, ScalarArg, _fill_rprop_factors_
+from . import runs
+from .ops import FOREACH_LERP_HAS_NUMBER_LIST, PURE, PureOps, Scalar, ScalarArg, _fill_rprop_factors_
 
 __all__ = ["ForeachPureOps", "FOREACH_PURE", "eager_ops_for", "inside_functorch_transform"]
 
@@ -116,6 +117,9 @@ class ForeachPureOps(PureOps):
         return self.scalar_values(steps)
 
     def scalar_values(self, scalars: Sequence[Tensor]) -> Any:
+        run = runs.known(scalars) if len(scalars) > 1 else None
+        if run is not None and run.shapes == runs.Layout.scalars(len(scalars)).shapes:
+            return run.flat(scalars[0]).to(torch.float64)
         if len(scalars) > 1 and _one_device(scalars):
             return torch.stack(list(scalars)).to(torch.float64)
         return super().scalar_values(scalars)
@@ -209,13 +213,29 @@ class ForeachPureOps(PureOps):
     def clone(self, xs):
         return _Fresh(x.clone() for x in xs)
 
+    def own(self, xs):
+        return _Fresh(xs)
+
+    def scale_and_add_(self, xs, others, scales: ScalarArg, scratch: bool = False):
+        if scratch and type(others) is _Fresh and self._delta_of(xs) and _one_dtype(others) in _IN_PLACE_DTYPES:
+            torch._foreach_mul_(others, self._scalars(scales, xs))  # the kernel's temporaries: scaled in place
+            return _Delta(xs, others)
+        return super().scale_and_add_(xs, others, scales, scratch)
+
     def writable(self, xs):
         # A plain list: the underscore ops that follow compute out of place, so tensors of ``xs``
         # that the update returns elsewhere (Adafactor's new ``variance``) are never overwritten.
         return list(xs)
 
     def increment_(self, steps):
-        return _Fresh(torch._foreach_add(steps, 1))
+        """``step + 1`` for each counter. Many 0-d CPU counters of one dtype are counted as one
+        vector, handed back as its 0-d views (one op and one cut, not an addition per counter) and
+        remembered as a run (:mod:`.runs`), so :meth:`scalar_values` reads them without a stack."""
+        counters = _counters(steps)
+        if counters is None:
+            return _Fresh(torch._foreach_add(steps, 1))
+        new = counters + 1
+        return _Fresh(runs.record(list(new.unbind()), new, runs.Layout.scalars(len(steps))))
 
     def mul_(self, xs, scalar: ScalarArg):
         return self._foreach("mul", xs, self._scalars(scalar, xs))
@@ -237,6 +257,10 @@ class ForeachPureOps(PureOps):
                 and not isinstance(weight[0], Tensor):
             return _Fresh(super().lerp_(xs, ends, _unbound(weight)))
         if isinstance(weight, Tensor) and weight.dim() == 1:
+            if weight.is_cpu and xs[0].is_cpu and not weight.requires_grad and FOREACH_LERP_HAS_NUMBER_LIST:
+                # read on the host, as torch's CPU step reads them (the same lerp: a number is cast to
+                # the tensors' dtype as the 0-d weights below are)
+                return self._foreach("lerp", xs, ends, weight.tolist())
             weights = list(weight.to(dtype).unbind())  # a per-parameter vector: one cast
         elif isinstance(weight, (list, tuple)):
             weights = _cast_all(list(weight), dtype)
@@ -408,6 +432,20 @@ def _as_vector(x: Any) -> Tensor | None:
 def _is_vector(x: Any) -> bool:
     """A 1-D tensor: per-parameter scalars held as one vector (hyperparameters are 0-d)."""
     return isinstance(x, Tensor) and x.dim() == 1
+
+
+def _counters(steps: Sequence[Tensor]) -> Tensor | None:
+    """Many 0-d CPU step counters of one dtype as one vector (their known run's buffer, or a stack),
+    else ``None``."""
+    if len(steps) < 2:
+        return None
+    run = runs.known(steps)
+    if run is not None and run.shapes == runs.Layout.scalars(len(steps)).shapes:
+        return run.flat(steps[0])
+    if (all(type(s) is Tensor and s.dim() == 0 for s in steps) and _one_dtype(steps) is not None
+            and _one_device(steps) and steps[0].is_cpu):
+        return torch.stack(list(steps))
+    return None
 
 
 def _cast_all(scalars: list, dtype: torch.dtype) -> list:

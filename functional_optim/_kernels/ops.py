@@ -244,6 +244,11 @@ class Ops:
     def clone(self, xs):
         return [x.clone() for x in xs]
 
+    def own(self, xs: list) -> list:
+        """``xs``, tensors the kernel has just made, marked as its own temporaries: the out-of-place
+        eager Ops may then overwrite them in their underscore operations (in-place Ops always do)."""
+        return xs
+
     def writable(self, xs):
         """``xs`` as tensors the kernel may then update in place: copies (torch's ``.clone()``),
         except in :class:`PureOps`, which never writes and hands them back as they are."""
