@@ -76,7 +76,7 @@ class Layout:
     def cut(self, flat: Tensor) -> list:
         """``flat`` (contiguous, 1-D, :attr:`numel` elements) as views in these shapes, in order."""
         if self._plan is None:
-            self._plan = _plan(self.shapes, self.numels)
+            self._plan = _plan(self.shapes)
         out: list = []
         for start, element, period, repeats, block in self._plan:
             if repeats == 1:  # tensors one by one, as unflatten_dense_tensors cuts them
@@ -94,19 +94,27 @@ class Layout:
         return out
 
 
-def _plan(shapes: tuple, numels: list) -> list:
+@functools.lru_cache(maxsize=32)
+def _plan(shapes: tuple) -> tuple:
     """``(start, first element, period, repeats, elements per period)`` stretches covering the
     shapes: a shortest period repeated at least :data:`MIN_REPEATS` times, or single tensors
-    (``repeats == 1``; consecutive singles merged into one stretch)."""
+    (``repeats == 1``; consecutive singles merged into one stretch). Found once per distinct run of
+    shapes (cached: a layout rebuilt every step, from tensors that are not a known run, finds it
+    again in the cache), comparing each shape's number in order of first appearance."""
+    codes: dict = {}
+    seq = [codes.setdefault(shape, len(codes)) for shape in shapes]
+    numels = [shape.numel() for shape in shapes]
     plan: list = []
-    i, n = 0, len(shapes)
-    element = 0
+    i, n, element = 0, len(seq), 0
     singles_from = None
     while i < n:
         found = None
         for period in range(1, min(MAX_PERIOD, (n - i) // MIN_REPEATS) + 1):
+            if seq[i + period] != seq[i] or seq[i + (MIN_REPEATS - 1) * period] != seq[i]:
+                continue  # (the cheap test first: most periods fail it)
+            block = seq[i:i + period]
             repeats = 1
-            while i + (repeats + 1) * period <= n and shapes[i + repeats * period:i + (repeats + 1) * period] == shapes[i:i + period]:
+            while seq[i + repeats * period:i + (repeats + 1) * period] == block:
                 repeats += 1
             if repeats >= MIN_REPEATS:
                 found = (period, repeats)
@@ -121,13 +129,13 @@ def _plan(shapes: tuple, numels: list) -> list:
             plan.append((singles_from[0], singles_from[1], i - singles_from[0], 1, None))
             singles_from = None
         period, repeats = found
-        block = sum(numels[i:i + period])
-        plan.append((i, element, period, repeats, block))
-        element += repeats * block
+        block_numel = sum(numels[i:i + period])
+        plan.append((i, element, period, repeats, block_numel))
+        element += repeats * block_numel
         i += repeats * period
     if singles_from is not None:
         plan.append((singles_from[0], singles_from[1], n - singles_from[0], 1, None))
-    return plan
+    return tuple(plan)
 
 
 class Run(NamedTuple):
