@@ -216,12 +216,13 @@ def _known_as_expected(definition: OptimizerDefinition, static: Any, params_run:
     """Whether state field ``name`` is a known run (:mod:`._kernels.runs`) that :func:`check_state`
     would pass: 0-d floating-point counters on the CPU or the params' device (``scalar``), or
     tensors of the params' dtype and device in the shapes the definition expects of this slot."""
+    if scalar:
+        run = runs.known_scalars(leaves)
+        return (run is not None and run.dtype.is_floating_point
+                and (run.device.type == "cpu" or run.device == params_run.device))
     run = runs.known(leaves)
     if run is None:
         return False
-    if scalar:
-        return (run.dtype.is_floating_point and (run.device.type == "cpu" or run.device == params_run.device)
-                and (run.layout is runs.Layout.scalars(len(leaves)) or run.shapes == runs.Layout.scalars(len(leaves)).shapes))
     if run.dtype != params_run.dtype or run.device != params_run.device:
         return False
     expected = {shape: definition.expected_slot_shapes(shape, static)[name] for shape in set(params_run.shapes)}

@@ -117,8 +117,8 @@ class ForeachPureOps(PureOps):
         return self.scalar_values(steps)
 
     def scalar_values(self, scalars: Sequence[Tensor]) -> Any:
-        run = runs.known(scalars) if len(scalars) > 1 else None
-        if run is not None and run.shapes == runs.Layout.scalars(len(scalars)).shapes:
+        run = runs.known_scalars(scalars) if len(scalars) > 1 else None
+        if run is not None:
             return run.flat(scalars[0]).to(torch.float64)
         if len(scalars) > 1 and _one_device(scalars):
             return torch.stack(list(scalars)).to(torch.float64)
@@ -439,8 +439,8 @@ def _counters(steps: Sequence[Tensor]) -> Tensor | None:
     else ``None``."""
     if len(steps) < 2:
         return None
-    run = runs.known(steps)
-    if run is not None and run.shapes == runs.Layout.scalars(len(steps)).shapes:
+    run = runs.known_scalars(steps)
+    if run is not None:
         return run.flat(steps[0])
     if (all(type(s) is Tensor and s.dim() == 0 for s in steps) and _one_dtype(steps) is not None
             and _one_device(steps) and steps[0].is_cpu):

@@ -108,7 +108,7 @@ def _known_eligible(params: list, slots: list) -> torch.dtype | None:
 def _scalar_values(leaves: list, candidates: list) -> list:
     """The values of the 0-d tensors ``leaves[i]`` for the candidates, read on the host at once."""
     if len(candidates) == len(leaves):
-        run = runs.known(leaves)
+        run = runs.known_scalars(leaves)
         if run is not None:
             return run.flat(leaves[0]).tolist()
     return torch.stack([leaves[i] for i in candidates]).tolist()

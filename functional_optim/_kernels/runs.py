@@ -38,7 +38,7 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["Layout", "Run", "record", "known", "cut"]
+__all__ = ["Layout", "Run", "record", "known", "known_scalars", "cut"]
 
 #: a stretch of shapes repeating fewer times than this is cut tensor by tensor
 MIN_REPEATS = 8
@@ -179,6 +179,14 @@ def record(views: list, flat: Tensor, layout: Layout) -> list:
         device=flat.device, version=first._version, storage_offset=flat.storage_offset(),
     )
     return views
+
+
+def known_scalars(leaves: Sequence) -> Optional[Run]:
+    """:func:`known`, for a run of 0-d tensors (per-parameter counters) only."""
+    run = known(leaves)
+    if run is None or run.shapes != Layout.scalars(len(leaves)).shapes:
+        return None
+    return run
 
 
 def cut(flat: Tensor, layout: Layout) -> list:
