@@ -373,17 +373,17 @@ def plot(result: dict, path: str) -> bool:
 
 def file_stem(result: dict) -> str:
     """``--name`` if given, else ``<device>`` (``cpu``, ``cuda-<gpu>``), ``-beyond-torch`` for a run of
-    only that group, ``-quick`` for a ``--quick`` run."""
+    only that group, ``-quick`` for a ``--quick`` run, then ``-<tag>`` for a ``--tag``."""
     args = result["args"]
     if args.get("name"):
         return args["name"]
     m = result["machine"]
     name = "cpu" if m["device"] == "cpu" else "cuda-" + re.sub(r"[^a-z0-9]+", "-", m.get("gpu", "gpu").lower())
     return (name.strip("-") + ("-beyond-torch" if args.get("group") == "beyond-torch" else "")
-            + ("-quick" if args.get("quick") else ""))
+            + ("-quick" if args.get("quick") else "") + (f"-{args['tag']}" if args.get("tag") else ""))
 
 
-def write(result: dict, out_dir: str) -> list:
+def write(result: dict, out_dir: str, with_plot: bool = True) -> list:
     os.makedirs(out_dir, exist_ok=True)
     stem = os.path.join(out_dir, file_stem(result))
     with open(stem + ".json", "w") as f:
@@ -391,7 +391,7 @@ def write(result: dict, out_dir: str) -> list:
     with open(stem + ".md", "w") as f:
         f.write(markdown(result))
     paths = [stem + ".md", stem + ".json"]
-    if plot(result, stem + ".png"):
+    if with_plot and plot(result, stem + ".png"):
         paths.append(stem + ".png")
     return paths
 

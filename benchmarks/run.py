@@ -329,6 +329,7 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
                         help="directory of the report (default benchmarks/results)")
     parser.add_argument("--name", help="file name of the report without extension (default: <device>, then "
                                        "-beyond-torch with --beyond-torch, then -quick with --quick)")
+    parser.add_argument("--tag", help="appended to the default file name (cuda-<gpu>-quick-<tag>), for runs kept side by side")
     args = parser.parse_args(argv)
     args.group = "beyond-torch" if args.beyond_torch else "torch" if args.torch_optim else "all"
     args.reps = args.reps or (5 if args.quick else 20)
@@ -379,13 +380,30 @@ def main(argv: Optional[list] = None) -> None:
     log(f"bandwidth: copy {bw['copy'] / 1e9:.1f} GB/s, add {bw['add'] / 1e9:.1f} GB/s")
     stores = store_cost(device)
     log(f"store cost: out-of-place add {stores['ratio']:.2f}x in-place add")
-    rows, hparams = [], {}
-    for wname in args.workloads:
+    rows, hparams, study = [], {}, []
+    command = " ".join([".venv/bin/python -m benchmarks.run"] + (sys.argv[1:] if argv is None else argv))
+
+    def write_report(unfinished: list) -> list:
+        """The report of what is measured so far (tables and numbers after each block, the plot at the
+        end): a run cut short by a time limit leaves the last one, with a note naming what it did not reach."""
+        run_notes = notes + ([f"partial run: stopped before {', '.join(unfinished)}"] if unfinished else [])
+        result = {"machine": info, "command": command,
+                  "args": {k: (sorted(v) if isinstance(v, set) else v) for k, v in vars(args).items()},
+                  "bandwidth": bw, "store_cost": stores, "hparams_probe": hparams,
+                  "workloads": {w: workloads.describe(w) for w in args.workloads},
+                  "rows": rows, "bitwise": bits, "compile_study": study, "notes": run_notes,
+                  "wall_s": time.perf_counter() - started}
+        info["loadavg_end"] = _loadavg()
+        return report.write(result, args.out, with_plot=not unfinished)
+
+    for done, wname in enumerate(args.workloads, 1):
         work = workloads.make(wname, device)
         log(f"[{work.describe()}]")
-        for opt in optimizers:
+        for i, opt in enumerate(optimizers):
             log(f"  {opt.name}")
             rows += bench_block(opt, work, device, args, bw["best"], notes)
+            write_report([f"{o.name} on {wname}" for o in optimizers[i + 1:]] + args.workloads[done:]
+                         + (["the compile study"] if args.compile_study else []))
         adam = next((o for o in optimizers if o.name == "Adam" and o.functional is not None), None)
         if adam is not None and not args.no_compile and wname in args.compile_workloads:
             log("  compiled Adam step with float and with tensor hparams (new lr every call) ...")
@@ -393,7 +411,6 @@ def main(argv: Optional[list] = None) -> None:
         del work
         gc.collect()
 
-    study = []
     if args.compile_study and any(o.name == "Adam" for o in optimizers):
         for wname, target in STUDY:
             log(f"[compile study] Adam {target} on {wname} (timeout {args.compile_timeout:.0f} s) ...")
@@ -403,15 +420,8 @@ def main(argv: Optional[list] = None) -> None:
                 f"{json.dumps({k: v for k, v in res.items() if k in ('first_call_s', 'timed_out', 'error')})}")
             study.append(res)
 
-    command = " ".join([".venv/bin/python -m benchmarks.run"] + (sys.argv[1:] if argv is None else argv))
-    result = {"machine": info, "command": command, "args": {k: (sorted(v) if isinstance(v, set) else v) for k, v in vars(args).items()},
-              "bandwidth": bw, "store_cost": stores, "hparams_probe": hparams,
-              "workloads": {w: workloads.describe(w) for w in args.workloads},
-              "rows": rows, "bitwise": bits, "compile_study": study, "notes": notes,
-              "wall_s": time.perf_counter() - started}
-    info["loadavg_end"] = _loadavg()
-    paths = report.write(result, args.out)
-    log(f"done in {result['wall_s']:.0f} s; wrote {', '.join(paths)}")
+    paths = write_report([])
+    log(f"done in {time.perf_counter() - started:.0f} s; wrote {', '.join(paths)}")
 
 
 if __name__ == "__main__":

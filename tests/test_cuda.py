@@ -1,5 +1,7 @@
 """CUDA paths: foreach/fused parity, capturable under CUDA graph capture, compiled
-``mode="reduce-overhead"`` functional steps, GradScaler with fused. Skipped without a GPU."""
+``mode="reduce-overhead"`` functional steps, GradScaler with fused, and the optimizers outside
+tests/_registry.py (Muon, SparseAdam, LBFGS) through their own files' parity runs on CUDA.
+Skipped without a GPU."""
 
 import copy
 
@@ -13,8 +15,9 @@ from conftest import requires_cuda
 
 pytestmark = [requires_cuda, pytest.mark.cuda]
 
-CAPTURABLE = [e for e in OPTIMIZERS if e.name in ("adam", "adamw", "adadelta", "nadam")]
-FUSED = [e for e in OPTIMIZERS if e.name in ("adam", "adamw", "adagrad")]
+CAPTURABLE = [e for e in OPTIMIZERS if e.name in ("adam", "adamw", "adadelta", "nadam", "rmsprop", "radam", "adamax",
+                                                  "asgd", "rprop")]
+FUSED = [e for e in OPTIMIZERS if e.name in ("adam", "adamw", "adagrad", "sgd")]
 
 
 def _params(dtype=torch.float32, seed=0):
@@ -154,3 +157,35 @@ def test_grad_scaler_with_fused_on_cuda_matches_torch(entry):
     ref, ref_scale = run(entry.torch_cls)
     assert our_scale == ref_scale
     _assert_same(ours, ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_muon_matches_torch_on_cuda(nesterov):
+    import test_muon
+
+    if test_muon.TorchMuon is None:
+        pytest.skip(f"torch {torch.__version__} has no torch.optim.Muon")
+    test_muon.run_compat(dict(lr=0.02, weight_decay=0.1, nesterov=nesterov), torch.float32, swap_at=2, device="cuda")
+
+
+@pytest.mark.parametrize("maximize", [False, True])
+def test_sparse_adam_matches_torch_on_cuda(maximize):
+    import test_sparse_adam
+
+    test_sparse_adam.run_compat(dict(lr=0.05, maximize=maximize), torch.float32, swap_at=2, device="cuda")
+
+
+@pytest.mark.parametrize("line_search_fn", [None, "strong_wolfe"])
+def test_lbfgs_matches_torch_on_cuda(line_search_fn):
+    import test_lbfgs
+
+    kwargs = dict(line_search_fn=line_search_fn, max_iter=4, history_size=3)
+    start = {k: v.cuda() for k, v in test_lbfgs._start(torch.float64).items()}
+    ref = test_lbfgs._torch_run(torch.optim.LBFGS, kwargs, torch.float64, 4, start=start, swap_at=1,
+                                other=test_lbfgs.LBFGS)
+    ours = test_lbfgs._torch_run(test_lbfgs.LBFGS, kwargs, torch.float64, 4, start=start, swap_at=1,
+                                 other=torch.optim.LBFGS)
+    for step, ((rp, rl, rsd), (op, ol, osd)) in enumerate(zip(ref, ours)):
+        test_lbfgs._same(op, rp, f"params after step {step}")
+        test_lbfgs._same(ol, rl, f"loss of step {step}")
+        test_lbfgs._same(osd, rsd, f"state dict after step {step}")

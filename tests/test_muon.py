@@ -87,9 +87,9 @@ def _assert_same_state_dicts(ours, ref):
         assert torch.equal(a, e), pid
 
 
-def run_compat(kwargs, dtype, steps=5, two_groups=True, swap_at=None):
+def run_compat(kwargs, dtype, steps=5, two_groups=True, swap_at=None, device="cpu"):
     """Step torch.optim.Muon and compat.Muon on the same grads: params and state dicts bitwise."""
-    params = _params(dtype)
+    params = [p.to(device) for p in _params(dtype)]
     ref = [p.clone().requires_grad_() for p in params]
     ours = [p.clone().requires_grad_() for p in params]
     opt_ref, opt_ours = TorchMuon(_groups(ref, kwargs, two_groups), **kwargs), Muon(_groups(ours, kwargs, two_groups), **kwargs)

@@ -79,14 +79,14 @@ def _assert_same_state_dicts(ours, ref):
             assert (a.dtype, a.shape, a.stride()) == (e.dtype, e.shape, e.stride()) and torch.equal(a, e), (pid, key)
 
 
-def run_compat(kwargs, dtype, steps=5, two_groups=True, swap_at=None):
+def run_compat(kwargs, dtype, steps=5, two_groups=True, swap_at=None, device="cpu"):
     params = _params(dtype)
-    ref = [p.clone().requires_grad_() for p in params]
-    ours = [p.clone().requires_grad_() for p in params]
+    ref = [p.to(device, copy=True).requires_grad_() for p in params]
+    ours = [p.to(device, copy=True).requires_grad_() for p in params]
     opt_ref = torch.optim.SparseAdam(_groups(ref, two_groups), **kwargs)
     opt_ours = SparseAdam(_groups(ours, two_groups), **kwargs)
     for step in range(steps):
-        grads = _grads(params, step)
+        grads = [None if g is None else g.to(device) for g in _grads(params, step)]
         _set_grads(ref, grads)
         _set_grads(ours, grads)
         opt_ref.step()
