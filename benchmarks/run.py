@@ -408,6 +408,7 @@ def main(argv: Optional[list] = None) -> None:
         if adam is not None and not args.no_compile and wname in args.compile_workloads:
             log("  compiled Adam step with float and with tensor hparams (new lr every call) ...")
             hparams[wname] = hparams_probe.measure(adam.functional, work, device, args.reps, adam.spec.kwargs)
+            write_report(args.workloads[done:] + (["the compile study"] if args.compile_study else []))
         del work
         gc.collect()
 

@@ -168,11 +168,35 @@ def test_muon_matches_torch_on_cuda(nesterov):
     test_muon.run_compat(dict(lr=0.02, weight_decay=0.1, nesterov=nesterov), torch.float32, swap_at=2, device="cuda")
 
 
-@pytest.mark.parametrize("maximize", [False, True])
-def test_sparse_adam_matches_torch_on_cuda(maximize):
+def _torch_sparse_adam_error_on_cuda(kwargs, contiguous):
+    """torch.optim.SparseAdam alone on the inputs of tests/test_sparse_adam.py's run on CUDA:
+    ``None``, or the error it raises (torch 2.11's fails on the transposed parameter there)."""
     import test_sparse_adam
 
-    test_sparse_adam.run_compat(dict(lr=0.05, maximize=maximize), torch.float32, swap_at=2, device="cuda")
+    params = test_sparse_adam._params(torch.float32)
+    params = [(p.contiguous() if contiguous else p).cuda().requires_grad_() for p in params]
+    opt = torch.optim.SparseAdam(test_sparse_adam._groups(params, True), **kwargs)
+    try:
+        for step in range(5):
+            test_sparse_adam._set_grads(params, [None if g is None else g.cuda()
+                                                 for g in test_sparse_adam._grads(params, step)])
+            opt.step()
+        torch.cuda.synchronize()
+    except RuntimeError as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+@pytest.mark.parametrize("contiguous", [True, False], ids=["contiguous", "with-a-transposed-param"])
+@pytest.mark.parametrize("maximize", [False, True])
+def test_sparse_adam_matches_torch_on_cuda(maximize, contiguous):
+    import test_sparse_adam
+
+    kwargs = dict(lr=0.05, maximize=maximize)
+    error = _torch_sparse_adam_error_on_cuda(kwargs, contiguous)
+    if error is not None:
+        pytest.skip(f"torch {torch.__version__}'s own torch.optim.SparseAdam fails on these CUDA params: {error}")
+    test_sparse_adam.run_compat(kwargs, torch.float32, swap_at=2, device="cuda", contiguous=contiguous)
 
 
 @pytest.mark.parametrize("line_search_fn", [None, "strong_wolfe"])

@@ -79,8 +79,8 @@ def _assert_same_state_dicts(ours, ref):
             assert (a.dtype, a.shape, a.stride()) == (e.dtype, e.shape, e.stride()) and torch.equal(a, e), (pid, key)
 
 
-def run_compat(kwargs, dtype, steps=5, two_groups=True, swap_at=None, device="cpu"):
-    params = _params(dtype)
+def run_compat(kwargs, dtype, steps=5, two_groups=True, swap_at=None, device="cpu", contiguous=False):
+    params = [p.contiguous() for p in _params(dtype)] if contiguous else _params(dtype)
     ref = [p.to(device, copy=True).requires_grad_() for p in params]
     ours = [p.to(device, copy=True).requires_grad_() for p in params]
     opt_ref = torch.optim.SparseAdam(_groups(ref, two_groups), **kwargs)
