@@ -78,6 +78,19 @@ def new_step(param: Tensor, dtype: torch.dtype = torch.float32, device=None) -> 
     return torch.zeros((), dtype=dtype, device=param.device if device is None else device)
 
 
+def new_steps(params: list) -> list:
+    """A step counter per parameter (:func:`new_step`). Many on one accelerator are the 0-d views
+    of one buffer, remembered as a run with their values on the host (:mod:`._kernels.runs`), so
+    the eager update does its per-parameter scalar math on the host without reading the device."""
+    device = params[0].device if params else None
+    if (len(params) < 2 or device.type == "cpu" or torch.compiler.is_compiling() or runs.capturing(device)
+            or any(p.device != device for p in params)):
+        return [new_step(p) for p in params]
+    counters = torch.zeros(len(params), dtype=torch.float32, device=device)
+    return runs.record(list(counters.unbind()), counters, runs.Layout.scalars(len(params)),
+                       host=torch.zeros(len(params), dtype=torch.float32))
+
+
 def _as_real(t):
     return torch.view_as_real(t) if isinstance(t, Tensor) and torch.is_complex(t) else t
 
@@ -238,7 +251,7 @@ def make_transformation(definition: OptimizerDefinition, hparams: Any, static: A
     def init(params):
         leaves, spec = flatten(params)
         check_params(definition.name, leaves, lazy_paths(params), definition.supports_complex)
-        fields = {"step": unflatten(spec, [new_step(p) for p in leaves])}
+        fields = {"step": unflatten(spec, new_steps(leaves))}
         per_leaf = [definition.init_slots(p, hparams, static) for p in leaves]
         for slot in definition.slots:
             fields[slot] = pack_field(spec, [s[slot] for s in per_leaf])

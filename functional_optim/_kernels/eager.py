@@ -70,16 +70,22 @@ class ForeachPureOps(PureOps):
         Each argument is one scalar per parameter: a float64 vector, a list of 0-d tensors on one
         device (stacked), or a list of Python numbers (made a vector on the others' device)."""
         tensors = [_as_vector(v) for v in values if not _numbers(v)]
-        if tensors and all(t is not None for t in tensors) and _one_device(tensors):
-            device = tensors[0].device
-            return fn(*(torch.tensor(v, dtype=torch.float64, device=device) if _numbers(v) else _as_vector(v)
-                        for v in values))
+        if tensors and all(t is not None for t in tensors):
+            device = _common_device(tensors)
+            if device is not None:
+                return fn(*(torch.tensor(v, dtype=torch.float64, device=device) if _numbers(v)
+                            else _on(_as_vector(v), device) for v in values))
         return super().per_param(fn, *(_unbound(v) for v in values))
 
     def norms(self, xs) -> list:
         if len(xs) > 1 and _one_device(xs) and _one_dtype(xs) is not None:
             return list(torch._foreach_norm(xs, 2))
         return super().norms(xs)
+
+    def sqrt_div(self, xs, divisors: ScalarArg):
+        if _is_vector(divisors):  # the roots of the per-parameter divisors taken once, as one vector
+            return self.div_(self.sqrt(xs), divisors**0.5)
+        return super().sqrt_div(xs, divisors)
 
     def neg_quotients(self, numerator: Scalar, denominators: Any) -> Any:
         if _is_vector(denominators):
@@ -93,13 +99,14 @@ class ForeachPureOps(PureOps):
 
     def _scalars(self, scalar: ScalarArg, xs: Sequence[Tensor]) -> Any:
         """A scalar argument in the form foreach ops take: a number, a list of numbers, or a list
-        of 0-d tensors in each tensor's dtype. A float64 vector of per-parameter scalars becomes
-        Python numbers for CPU tensors (read once; torch's host scalar math) and otherwise is
-        cast once and split into 0-d views (no host synchronisation)."""
+        of 0-d tensors in each tensor's dtype. A float64 vector of per-parameter scalars on the
+        host becomes Python numbers (read once; torch's host scalar math, and on an accelerator the
+        foreach kernels' fast path: numbers, not a 0-d tensor per tensor); one on an accelerator
+        is cast once and split into 0-d views (no host synchronisation)."""
         if isinstance(scalar, Tensor):
             if scalar.dim() == 0:
                 scalar = [scalar] * len(xs)
-            elif scalar.is_cpu and xs[0].is_cpu and not scalar.requires_grad:
+            elif scalar.is_cpu and not scalar.requires_grad:
                 return scalar.tolist()
             else:
                 dtype = _one_dtype(xs)
@@ -117,9 +124,12 @@ class ForeachPureOps(PureOps):
         return self.scalar_values(steps)
 
     def scalar_values(self, scalars: Sequence[Tensor]) -> Any:
+        """The 0-d ``scalars`` as one float64 vector: on the host where their values are known
+        there without reading an accelerator (:func:`.runs.host_values`), else where they are."""
         run = runs.known_scalars(scalars) if len(scalars) > 1 else None
         if run is not None:
-            return run.flat(scalars[0]).to(torch.float64)
+            host = runs.host_values(scalars)
+            return (host if host is not None else run.flat(scalars[0])).to(torch.float64)
         if len(scalars) > 1 and _one_device(scalars):
             return torch.stack(list(scalars)).to(torch.float64)
         return super().scalar_values(scalars)
@@ -172,7 +182,7 @@ class ForeachPureOps(PureOps):
             alpha = self._scalars(alpha, xs)
             if self._delta_of(xs):  # the update itself: alpha * other
                 if isinstance(alpha, (int, float)) and alpha == 1:
-                    return _Delta(xs, other if type(other) is _Fresh else _Fresh(x.clone() for x in other))
+                    return _Delta(xs, other if type(other) is _Fresh else _copies(other))
                 return _Delta(xs, _Fresh(torch._foreach_mul(other, alpha)))
             if isinstance(alpha, list):
                 return self._foreach("add", xs, torch._foreach_mul(other, alpha))
@@ -211,7 +221,7 @@ class ForeachPureOps(PureOps):
         return self._foreach("sqrt", xs)
 
     def clone(self, xs):
-        return _Fresh(x.clone() for x in xs)
+        return _copies(xs)
 
     def own(self, xs):
         return _Fresh(xs)
@@ -228,14 +238,17 @@ class ForeachPureOps(PureOps):
         return list(xs)
 
     def increment_(self, steps):
-        """``step + 1`` for each counter. Many 0-d CPU counters of one dtype are counted as one
-        vector, handed back as its 0-d views (one op and one cut, not an addition per counter) and
-        remembered as a run (:mod:`.runs`), so :meth:`scalar_values` reads them without a stack."""
-        counters = _counters(steps)
+        """``step + 1`` for each counter. Many 0-d counters of one dtype on one device are counted
+        as one vector, handed back as its 0-d views (one op and one cut, not an addition per
+        counter) and remembered as a run (:mod:`.runs`), so :meth:`scalar_values` reads them
+        without a stack; on an accelerator with their values on the host, advanced by the same
+        addition there (exact: IEEE addition rounds alike on every device)."""
+        counters, host = _counters(steps)
         if counters is None:
             return _Fresh(torch._foreach_add(steps, 1))
         new = counters + 1
-        return _Fresh(runs.record(list(new.unbind()), new, runs.Layout.scalars(len(steps))))
+        return _Fresh(runs.record(list(new.unbind()), new, runs.Layout.scalars(len(steps)),
+                                  host=None if host is None else host + 1))
 
     def mul_(self, xs, scalar: ScalarArg):
         return self._foreach("mul", xs, self._scalars(scalar, xs))
@@ -257,7 +270,7 @@ class ForeachPureOps(PureOps):
                 and not isinstance(weight[0], Tensor):
             return _Fresh(super().lerp_(xs, ends, _unbound(weight)))
         if isinstance(weight, Tensor) and weight.dim() == 1:
-            if weight.is_cpu and xs[0].is_cpu and not weight.requires_grad and FOREACH_LERP_HAS_NUMBER_LIST:
+            if weight.is_cpu and not weight.requires_grad and FOREACH_LERP_HAS_NUMBER_LIST:
                 # read on the host, as torch's CPU step reads them (the same lerp: a number is cast to
                 # the tensors' dtype as the 0-d weights below are)
                 return self._foreach("lerp", xs, ends, weight.tolist())
@@ -291,14 +304,14 @@ class ForeachPureOps(PureOps):
 
     def rectified_update_(self, xs, exp_avgs, exp_avg_sqs, eps: Scalar, lr: Scalar, bias_corrections1: ScalarArg,
                           bias_corrections2: ScalarArg, rects: ScalarArg):
-        """:meth:`PureOps.rectified_update_`'s formula with foreach ops, for CPU lists of one
-        float32/float64 dtype with host ``lr`` and ``eps``: the update ``-(lr / b1) m``, times
+        """:meth:`PureOps.rectified_update_`'s formula with foreach ops, for lists of one
+        float32/float64 dtype with host ``lr``, ``eps`` and scalar vectors: the update ``-(lr / b1) m``, times
         ``r sqrt(b2) / (sqrt(v) + eps)`` on the tensors where ``r > 0`` (read on the host, as
         torch's CPU step reads its scalars; no ``torch.where`` computing both branches). On the
         caller's params it is the update itself (:class:`_Delta`); ``x + (-(c a))`` is the pure
         path's ``x - c a`` bit for bit. Anything else takes the per-tensor default."""
         dtype = _one_dtype(xs)
-        if not (dtype in _IN_PLACE_DTYPES and xs[0].is_cpu and isinstance(lr, (int, float))
+        if not (dtype in _IN_PLACE_DTYPES and isinstance(lr, (int, float))
                 and isinstance(eps, (int, float))
                 and all(_is_vector(s) and s.is_cpu for s in (bias_corrections1, bias_corrections2, rects))):
             return _Fresh(super().rectified_update_(xs, exp_avgs, exp_avg_sqs, eps, lr, bias_corrections1,
@@ -306,7 +319,8 @@ class ForeachPureOps(PureOps):
         steps = _Fresh(torch._foreach_mul(exp_avgs, (-(lr / bias_corrections1)).to(dtype).tolist()))
         rectified = [i for i, r in enumerate(rects.tolist()) if r > 0]
         if rectified:
-            numerators = (rects * bias_corrections2**0.5).to(dtype)
+            # (on the tensors' device: ``out=`` takes no other, and the copy waits for nothing)
+            numerators = _on((rects * bias_corrections2**0.5).to(dtype), xs[0].device)
             denoms = torch._foreach_sqrt([exp_avg_sqs[i] for i in rectified])
             torch._foreach_add_(denoms, eps)
             for i, d in zip(rectified, denoms):
@@ -317,12 +331,12 @@ class ForeachPureOps(PureOps):
         return self._foreach("add", xs, steps)
 
     def average_(self, axs, xs, weights):
-        """:meth:`PureOps.average_` (``a + w (x - a)``, ``x`` itself where ``w == 1``) for CPU lists
+        """:meth:`PureOps.average_` (``a + w (x - a)``, ``x`` itself where ``w == 1``) for lists
         of one float32/float64 dtype with CPU weights: the weights read on the host (one read), so
         where ``w == 1`` (ASGD before ``t0``) nothing is computed, and elsewhere ``(x - a) w + a``
         is written into the new difference. The list returned is not this update's to overwrite
         (it may hold ``xs`` themselves)."""
-        if not (_one_dtype(xs) in _IN_PLACE_DTYPES and xs[0].is_cpu
+        if not (_one_dtype(xs) in _IN_PLACE_DTYPES
                 and all(type(w) is Tensor and w.dim() == 0 and w.is_cpu for w in weights)):
             return _Fresh(super().average_(axs, xs, weights))
         host = torch.stack(list(weights)).tolist()
@@ -434,18 +448,48 @@ def _is_vector(x: Any) -> bool:
     return isinstance(x, Tensor) and x.dim() == 1
 
 
-def _counters(steps: Sequence[Tensor]) -> Tensor | None:
-    """Many 0-d CPU step counters of one dtype as one vector (their known run's buffer, or a stack),
-    else ``None``."""
+def _counters(steps: Sequence[Tensor]) -> tuple:
+    """Many 0-d step counters of one dtype on one device as one vector (their known run's buffer,
+    or a stack) and, on an accelerator, their values on the host; ``(None, None)`` otherwise.
+
+    Counters on an accelerator that are not a known run (loaded, or copied by the caller) are
+    read once here, outside CUDA graph capture; from then on the host values follow them."""
     if len(steps) < 2:
-        return None
+        return None, None
     run = runs.known_scalars(steps)
     if run is not None:
-        return run.flat(steps[0])
-    if (all(type(s) is Tensor and s.dim() == 0 for s in steps) and _one_dtype(steps) is not None
-            and _one_device(steps) and steps[0].is_cpu):
-        return torch.stack(list(steps))
-    return None
+        return run.flat(steps[0]), (None if run.device.type == "cpu" else runs.host_values(steps))
+    if not (all(type(s) is Tensor and s.dim() == 0 and not s.requires_grad for s in steps)
+            and _one_dtype(steps) is not None and _one_device(steps)):
+        return None, None
+    counters = torch.stack(list(steps))
+    if counters.is_cpu or runs.capturing(counters.device):
+        return counters, None
+    return counters, counters.cpu()
+
+
+def _copies(xs: Sequence[Tensor]) -> "_Fresh":
+    """A copy of each tensor (as ``clone`` makes it: same layout), copied by one foreach call
+    rather than a kernel per tensor."""
+    out = _Fresh(torch.empty_like(x) for x in xs)
+    if out:
+        torch._foreach_copy_(out, list(xs))
+    return out
+
+
+def _common_device(tensors: Sequence[Tensor]) -> torch.device | None:
+    """The device the per-parameter scalar math on ``tensors`` runs on: theirs if they share one;
+    the accelerator where host vectors meet vectors on one accelerator; else ``None``."""
+    devices = {t.device for t in tensors}
+    if len(devices) == 1:
+        return tensors[0].device
+    others = [d for d in devices if d.type != "cpu"]
+    return others[0] if len(others) == 1 and len(devices) == 2 else None
+
+
+def _on(vector: Tensor, device: torch.device) -> Tensor:
+    """``vector`` on ``device``: a host vector is copied without waiting for the device's queue."""
+    return vector if vector.device == device else vector.to(device, non_blocking=True)
 
 
 def _cast_all(scalars: list, dtype: torch.dtype) -> list:

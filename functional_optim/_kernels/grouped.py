@@ -1,4 +1,4 @@
-"""Small CPU tensors stepped as one flat buffer (the eager functional update).
+"""Small tensors stepped as one flat buffer (the eager functional update).
 
 On the CPU every ``torch._foreach_*`` op is a loop that dispatches one ATen kernel per tensor
 (~2 µs each), so on many small tensors an optimizer step costs ``tensors x operations`` dispatches
@@ -19,6 +19,11 @@ the state is re-flattened without a copy (:func:`_flat`).
 Only for definitions marked ``elementwise`` (no per-tensor reductions or shapes in the math),
 dense real contiguous tensors of at most :data:`SMALL_NUMEL` elements, groups of at least
 :data:`MIN_GROUP` parameters. Everything else runs per tensor, as before.
+
+On an accelerator the per-tensor cost is a kernel launch per tensor per operation (and the
+allocation of each new tensor), and the same grouping applies where it needs no read of the
+device: for definitions whose only scalar slot is the step, with counters whose values are known
+on the host (:func:`.runs.host_values`: the counters this module and ``init`` hand out).
 """
 
 from __future__ import annotations
@@ -77,15 +82,19 @@ def _unflat(flat: Tensor, like: list, layout: runs.Layout | None = None) -> list
 
 def _eligible(definition: Any, params: list, grads: list, state: dict) -> list:
     """Indices of the parameters that may be stepped inside a flat buffer: small, dense, real,
-    contiguous CPU tensors whose gradient and full-size state slots are contiguous too."""
+    contiguous tensors whose gradient and full-size state slots are contiguous too, on the CPU, or
+    on one accelerator where the step counters' values are known on the host (:func:`_host_steps`)."""
     slots = [state[s] for s in definition.slots if s not in definition.scalar_slots]
+    device = params[0].device
+    if device.type != "cpu" and _host_steps(definition, params, state) is None:
+        return []
     known = _known_eligible(params, slots)
     if known is not None:  # only the gradients to read
         return [i for i, g in enumerate(grads)
                 if type(g) is Tensor and g.layout == torch.strided and g.dtype == known and g.is_contiguous()]
     out = []
     for i, (p, g) in enumerate(zip(params, grads)):
-        if (0 < p.numel() <= SMALL_NUMEL and p.dtype in _FLAT_DTYPES and p.is_cpu and p.is_contiguous()
+        if (0 < p.numel() <= SMALL_NUMEL and p.dtype in _FLAT_DTYPES and p.device == device and p.is_contiguous()
                 and type(g) is Tensor and g.layout == torch.strided and g.dtype == p.dtype and g.is_contiguous()):
             for s in slots:
                 if s[i] is not None and not s[i].is_contiguous():
@@ -97,26 +106,38 @@ def _eligible(definition: Any, params: list, grads: list, state: dict) -> list:
 
 def _known_eligible(params: list, slots: list) -> torch.dtype | None:
     """The params' dtype if they and every full-size slot are known runs (:mod:`.runs`: contiguous
-    by construction) of small, non-empty CPU tensors of a dtype that is stepped flat, else ``None``."""
+    by construction, on one device) of small, non-empty tensors of a dtype that is stepped flat, else ``None``."""
     run = runs.known(params)
-    if (run is None or run.device.type != "cpu" or run.dtype not in _FLAT_DTYPES or run.layout.smallest == 0
+    if (run is None or run.dtype not in _FLAT_DTYPES or run.layout.smallest == 0
             or run.layout.largest > SMALL_NUMEL or not all(runs.known(s) is not None for s in slots)):
         return None
     return run.dtype
 
 
+def _host_steps(definition: Any, params: list, state: dict) -> Tensor | None:
+    """On an accelerator: the step counters' values as a CPU vector where they are known on the
+    host (:func:`.runs.host_values`) and the step is the definition's only scalar slot, else ``None``.
+
+    There the parameters are stepped as one group or not grouped (:func:`step_lists`): the new
+    counters are then again one run with host values, which the next step finds; counters split
+    between groups and the rest would have to be read from the device at the next step."""
+    if definition.scalar_slots or len(params) < 2:
+        return None
+    return runs.host_values(state["step"])
+
+
 def _scalar_values(leaves: list, candidates: list) -> list:
-    """The values of the 0-d tensors ``leaves[i]`` for the candidates, read on the host at once."""
-    if len(candidates) == len(leaves):
-        run = runs.known_scalars(leaves)
-        if run is not None:
-            return run.flat(leaves[0]).tolist()
+    """The values of the 0-d tensors ``leaves[i]`` for the candidates, read on the host at once
+    (without reading an accelerator where :func:`.runs.host_values` knows them)."""
+    host = runs.host_values(leaves) if len(leaves) > 1 else None
+    if host is not None:
+        return host[candidates].tolist() if len(candidates) < len(leaves) else host.tolist()
     return torch.stack([leaves[i] for i in candidates]).tolist()
 
 
 def _groups(definition: Any, params: list, state: dict, candidates: list) -> list:
     """The candidates grouped by (dtype, the values of every scalar slot, which slots are present),
-    in their order; groups smaller than :data:`MIN_GROUP` are dropped."""
+    in their order, each with its step value; groups smaller than :data:`MIN_GROUP` are dropped."""
     scalar_names = ["step", *definition.scalar_slots]
     values = [_scalar_values(state[n], candidates) for n in scalar_names]
     full = [state[s] for s in definition.slots if s not in definition.scalar_slots]
@@ -125,11 +146,12 @@ def _groups(definition: Any, params: list, state: dict, candidates: list) -> lis
     groups: dict = {}
     for i, key in zip(candidates, zip(dtypes, *values, *absent)):
         groups.setdefault(key, []).append(i)
-    return [g for g in groups.values() if len(g) >= MIN_GROUP]
+    return [(members, key[1]) for key, members in groups.items() if len(members) >= MIN_GROUP]
 
 
-def _run_group(definition, ops, run_kernel, members: list, params, grads, state, hparams, static):
-    """Step ``members`` as one flat buffer; returns (updates, {slot: new values}) per member."""
+def _run_group(definition, ops, run_kernel, members: list, step: float, params, grads, state, hparams, static):
+    """Step ``members`` (whose counters hold ``step``) as one flat buffer; returns (updates,
+    {slot: new values}) per member."""
     member_params = [params[i] for i in members]
     layout = runs.Layout.of(member_params)
     scalars = {"step", *definition.scalar_slots}
@@ -151,7 +173,9 @@ def _run_group(definition, ops, run_kernel, members: list, params, grads, state,
             out_state[name] = [None] * n
         elif name in scalars:
             counters = value.expand(n).clone()
-            out_state[name] = runs.record(list(counters.unbind()), counters, runs.Layout.scalars(n))  # 0-d each
+            # on an accelerator the new step's value on the host: the kernel's own ``step + 1``
+            host = torch.full((n,), step, dtype=value.dtype) + 1 if name == "step" and not counters.is_cpu else None
+            out_state[name] = runs.record(list(counters.unbind()), counters, runs.Layout.scalars(n), host=host)
         else:
             out_state[name] = _unflat(value, member_params, layout)
     return updates, out_state
@@ -214,22 +238,24 @@ def step_lists(definition: Any, ops: Any, run_kernel, params: list, grads: list,
                hparams: Any, static: Any, flat: bool) -> tuple[list, dict]:
     """One step of ``definition`` on lists: ``(updates, new state lists)``.
 
-    ``flat``: whether small parameters may be stepped as flat buffers (eager, CPU, foreach pure
-    ops); otherwise one ``run_kernel`` over the lists, as in-place Ops run it.
+    ``flat``: whether small parameters may be stepped as flat buffers (eager, foreach pure ops);
+    otherwise one ``run_kernel`` over the lists, as in-place Ops run it.
     """
     groups = []
     if flat and definition.elementwise and len(params) >= MIN_GROUP:
         candidates = _eligible(definition, params, grads, state)
         if len(candidates) >= MIN_GROUP:
             groups = _groups(definition, params, state, candidates)
+        if not params[0].is_cpu and not (len(groups) == 1 and len(groups[0][0]) == len(params)):
+            groups = []  # on an accelerator, one group of every parameter, or none (see _host_steps)
     if not groups:
         new_params, new_state = run_kernel(definition, ops, params, grads, state, hparams, static)
         return list(ops.updates(new_params, params)), new_state
     updates: list = [None] * len(params)
     new_state = {name: list(leaves) for name, leaves in state.items()}
     grouped = set()
-    for members in groups:
-        group_updates, group_state = _run_group(definition, ops, run_kernel, members, params, grads, state,
+    for members, step in groups:
+        group_updates, group_state = _run_group(definition, ops, run_kernel, members, step, params, grads, state,
                                                 hparams, static)
         for j, i in enumerate(members):
             updates[i] = group_updates[j]

@@ -24,8 +24,16 @@ next step (shape, dtype, device, address, contiguity: a Python call each).
   the others; nothing is stored on the tensors themselves, so they pickle, deep-copy and load with
   ``weights_only=True`` as other tensors do.
 
-Only plain CPU tensors are recorded, eagerly (the callers run on :data:`FOREACH_PURE`'s path);
-under ``torch.compile`` nothing is known.
+Recorded eagerly only (the callers run on :data:`FOREACH_PURE`'s path); under ``torch.compile``
+nothing is known.
+
+A run of step counters on an accelerator is recorded with its values on the host (``host``, a CPU
+copy that the update advances as it advances the counters), so the per-parameter scalar math
+(bias corrections) is done on the host and handed to the foreach kernels as numbers, as torch's
+own (non-capturable) step does with its CPU ``step`` tensors, without reading the device: reading
+it would wait for the GPU's queue. :func:`host_values` gives them. During CUDA graph capture
+nothing is recorded with host values and none are used: a replay advances the device counters
+without the host knowing.
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["Layout", "Run", "record", "known", "known_scalars", "cut"]
+__all__ = ["Layout", "Run", "record", "known", "known_scalars", "host_values", "cut"]
 
 #: a stretch of shapes repeating fewer times than this is cut tensor by tensor
 MIN_REPEATS = 8
@@ -149,6 +157,7 @@ class Run(NamedTuple):
     device: torch.device
     version: int  # the version counter the views share with their buffer, when recorded
     storage_offset: int  # the first view's, in elements
+    host: Optional[Tensor] = None  # counters on an accelerator: their values, on the CPU
 
     @property
     def shapes(self) -> tuple:
@@ -167,18 +176,40 @@ def _forget(key: int) -> None:
     _RUNS.pop(key, None)
 
 
-def record(views: list, flat: Tensor, layout: Layout) -> list:
-    """Remember ``views``, consecutive views of the contiguous 1-D ``flat`` in ``layout``; returns them."""
+def record(views: list, flat: Tensor, layout: Layout, host: Optional[Tensor] = None) -> list:
+    """Remember ``views``, consecutive views of the contiguous 1-D ``flat`` in ``layout``; returns them.
+    ``host``: ``flat``'s values as a CPU tensor, for a run of counters on an accelerator."""
     if not views:
         return views
+    if host is not None and capturing(flat.device):
+        host = None
     first = views[0]
     key = id(first)
     _RUNS[key] = Run(
         first=weakref.ref(first, lambda _, key=key: _forget(key)), ids=list(map(id, views)),
         addresses=list(map(Tensor.data_ptr, views)), layout=layout, dtype=flat.dtype,
-        device=flat.device, version=first._version, storage_offset=flat.storage_offset(),
+        device=flat.device, version=first._version, storage_offset=flat.storage_offset(), host=host,
     )
     return views
+
+
+def capturing(device: torch.device) -> bool:
+    """Whether work for ``device`` is being captured into a CUDA graph now (host values then
+    cannot follow it: a replay runs without the host)."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def host_values(leaves: Sequence) -> Optional[Tensor]:
+    """The values of ``leaves``, a known run of 0-d counters, as a CPU vector, without reading an
+    accelerator: the run's buffer itself on the CPU, the values recorded with it elsewhere; else ``None``."""
+    run = known_scalars(leaves)
+    if run is None:
+        return None
+    if run.device.type == "cpu":
+        return run.flat(leaves[0])
+    if run.host is None or capturing(run.device):
+        return None
+    return run.host
 
 
 def known_scalars(leaves: Sequence) -> Optional[Run]:
