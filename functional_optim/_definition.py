@@ -91,6 +91,33 @@ def new_steps(params: list) -> list:
                        host=torch.zeros(len(params), dtype=torch.float32))
 
 
+def host_scalar_slots(definition: OptimizerDefinition, params: list, per_leaf: list, hparams: Any, static: Any) -> None:
+    """On one accelerator, replace each scalar slot's initial values in ``per_leaf`` (NAdam's
+    ``mu_product``, ASGD's ``eta`` and ``mu``) by the 0-d views of one buffer made on the host and
+    copied to the device, remembered with their host values (:mod:`._kernels.runs`), as torch
+    makes such state on the CPU: the eager update then does its scalar math with them on the host.
+    The host values come from ``init_slots`` on an empty CPU stand-in of each parameter (the
+    scalar slots depend on the hyperparameters only); nothing is read from the device. Anything
+    else (the CPU, mixed devices, tensor hyperparameters on a device, under compile or capture)
+    keeps ``init_slots``' own values."""
+    device = params[0].device if params else None
+    if (not definition.scalar_slots or len(params) < 2 or device.type == "cpu" or torch.compiler.is_compiling()
+            or runs.capturing(device) or any(p.device != device for p in params)
+            or any(isinstance(h, Tensor) and not h.is_cpu for h in flatten(hparams)[0])):
+        return
+    stand_ins = [definition.init_slots(torch.empty(0, dtype=p.dtype), hparams, static) for p in params]
+    for slot in definition.scalar_slots:
+        host = [s[slot] for s in stand_ins]
+        if not all(type(h) is Tensor and h.dim() == 0 and h.is_cpu and h.dtype == leaf[slot].dtype
+                   for h, leaf in zip(host, per_leaf)):
+            continue
+        host = torch.stack(host)
+        buffer = host.to(device, non_blocking=True)  # (staged from pageable memory at once)
+        for leaf, view in zip(per_leaf, runs.record(list(buffer.unbind()), buffer, runs.Layout.scalars(len(params)),
+                                                    host=host)):
+            leaf[slot] = view
+
+
 def _as_real(t):
     return torch.view_as_real(t) if isinstance(t, Tensor) and torch.is_complex(t) else t
 
@@ -253,6 +280,7 @@ def make_transformation(definition: OptimizerDefinition, hparams: Any, static: A
         check_params(definition.name, leaves, lazy_paths(params), definition.supports_complex)
         fields = {"step": unflatten(spec, new_steps(leaves))}
         per_leaf = [definition.init_slots(p, hparams, static) for p in leaves]
+        host_scalar_slots(definition, leaves, per_leaf, hparams, static)
         for slot in definition.slots:
             fields[slot] = pack_field(spec, [s[slot] for s in per_leaf])
         return definition.state_type(**fields)

@@ -16,14 +16,12 @@ import torch
 from _registry import OPTIMIZERS
 from benchmarks.kernel_counts import kernels_per_step
 
-#: per-tensor math in torch's foreach step too (Rprop's sign cases, ASGD's per-tensor averages,
-#: Adafactor's row and column norms): their kernels grow with the parameters
-PER_TENSOR = {"rprop", "asgd", "adafactor"}
-#: per tensor here and not in torch's foreach step: NAdam's step sizes come from ``mu_product``, a
-#: per-parameter state on the device with no host values (two 0-d tensor lists a step), and
-#: RAdam's rectified division runs per tensor (as torch's for-loop's, to its rounding) where its
-#: parameters are not stepped as one flat buffer
-NOT_YET_LIST_WIDE = {"nadam": ("small", "small-and-large"), "radam": ("small-and-large",)}
+#: per-tensor math in torch's foreach step too (Rprop's sign cases, Adafactor's row and column
+#: norms): their kernels grow with the parameters where they are not stepped as one flat buffer
+PER_TENSOR = {"rprop", "adafactor"}
+#: per tensor here and not in torch's foreach step: RAdam's rectified division runs per tensor (as
+#: torch's for-loop's, to its rounding) where its parameters are not stepped as one flat buffer
+NOT_YET_LIST_WIDE = {"radam": ("small-and-large",)}
 
 
 def _params(n_small: int, n_large: int = 0) -> dict:

@@ -250,7 +250,22 @@ class ForeachPureOps(PureOps):
         return _Fresh(runs.record(list(new.unbind()), new, runs.Layout.scalars(len(steps)),
                                   host=None if host is None else host + 1))
 
+    def copy_(self, dsts, srcs):
+        """Per-parameter host values (ASGD's new ``eta`` and ``mu``) for 0-d tensors on one
+        accelerator: cast on the host, copied as one vector (waiting for nothing) and handed back
+        as a run with those host values; anything else as :meth:`PureOps.copy_` does it."""
+        if (_is_vector(srcs) and srcs.is_cpu and not srcs.requires_grad and len(dsts) > 1 and not dsts[0].is_cpu
+                and all(type(d) is Tensor and d.dim() == 0 for d in dsts) and _one_dtype(dsts) is not None
+                and _one_device(dsts) and not runs.capturing(dsts[0].device)):
+            values = srcs.to(dsts[0].dtype)
+            new = _on(values, dsts[0].device)
+            return runs.record(list(new.unbind()), new, runs.Layout.scalars(len(dsts)), host=values)
+        return super().copy_(dsts, srcs)
+
     def mul_(self, xs, scalar: ScalarArg):
+        scaled = _scaled_host_run(xs, scalar)
+        if scaled is not None:
+            return scaled
         return self._foreach("mul", xs, self._scalars(scalar, xs))
 
     def mul_tensors_(self, xs, others):
@@ -332,14 +347,14 @@ class ForeachPureOps(PureOps):
 
     def average_(self, axs, xs, weights):
         """:meth:`PureOps.average_` (``a + w (x - a)``, ``x`` itself where ``w == 1``) for lists
-        of one float32/float64 dtype with CPU weights: the weights read on the host (one read), so
+        of one float32/float64 dtype with weights on the host (CPU tensors, or an accelerator's run
+        with host values: :func:`_host_list`): the weights read on the host (one read), so
         where ``w == 1`` (ASGD before ``t0``) nothing is computed, and elsewhere ``(x - a) w + a``
         is written into the new difference. The list returned is not this update's to overwrite
         (it may hold ``xs`` themselves)."""
-        if not (_one_dtype(xs) in _IN_PLACE_DTYPES
-                and all(type(w) is Tensor and w.dim() == 0 and w.is_cpu for w in weights)):
+        host = _host_list(weights) if _one_dtype(xs) in _IN_PLACE_DTYPES else None
+        if host is None:
             return _Fresh(super().average_(axs, xs, weights))
-        host = torch.stack(list(weights)).tolist()
         out = list(xs)
         moving = [i for i, w in enumerate(host) if w != 1]
         if moving:
@@ -449,8 +464,9 @@ def _is_vector(x: Any) -> bool:
 
 
 def _counters(steps: Sequence[Tensor]) -> tuple:
-    """Many 0-d step counters of one dtype on one device as one vector (their known run's buffer,
-    or a stack) and, on an accelerator, their values on the host; ``(None, None)`` otherwise.
+    """Many 0-d step counters (or other per-parameter scalars) of one dtype on one device as one
+    vector (their known run's buffer, or a stack) and, on an accelerator, their values on the
+    host; ``(None, None)`` otherwise.
 
     Counters on an accelerator that are not a known run (loaded, or copied by the caller) are
     read once here, outside CUDA graph capture; from then on the host values follow them."""
@@ -466,6 +482,33 @@ def _counters(steps: Sequence[Tensor]) -> tuple:
     if counters.is_cpu or runs.capturing(counters.device):
         return counters, None
     return counters, counters.cpu()
+
+
+def _host_list(scalars: Sequence[Tensor]) -> list | None:
+    """The values of 0-d tensors as Python numbers where the host has them without reading an
+    accelerator: CPU tensors (one stack), or a run with host values (:func:`.runs.host_values`)."""
+    if not scalars or not all(type(w) is Tensor and w.dim() == 0 for w in scalars):
+        return None
+    if all(w.is_cpu for w in scalars):
+        return torch.stack(list(scalars)).tolist()
+    host = runs.host_values(scalars) if len(scalars) > 1 else None
+    return None if host is None else host.tolist()
+
+
+def _scaled_host_run(xs: Sequence[Tensor], scalar: Any) -> "_Fresh | None":
+    """``xs * scalar`` where ``xs`` is a known run of 0-d tensors on an accelerator with host values
+    (NAdam's ``mu_product``) and ``scalar`` a host vector: one product on the device and the same
+    on the host (each factor rounded to the run's dtype first, as the foreach kernel rounds a
+    number), handed back as a run with its new host values; else ``None``."""
+    if not (len(xs) > 1 and _is_vector(scalar) and scalar.is_cpu and not scalar.requires_grad
+            and not xs[0].is_cpu):
+        return None
+    flat, host = _counters(xs)  # (a run not known is read once, as counters are)
+    if host is None:
+        return None
+    factors = scalar.to(flat.dtype)
+    new = flat * _on(factors, flat.device)
+    return _Fresh(runs.record(list(new.unbind()), new, runs.Layout.scalars(len(xs)), host=host * factors))
 
 
 def _copies(xs: Sequence[Tensor]) -> "_Fresh":
