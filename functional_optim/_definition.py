@@ -78,13 +78,22 @@ def new_step(param: Tensor, dtype: torch.dtype = torch.float32, device=None) -> 
     return torch.zeros((), dtype=dtype, device=param.device if device is None else device)
 
 
+def _one_accelerator(params: list) -> Optional[torch.device]:
+    """The accelerator every one of (at least two) ``params`` is on, where state made for them is
+    remembered with its values on the host (eagerly, outside CUDA graph capture); else ``None``."""
+    device = params[0].device if len(params) > 1 else None
+    if (device is None or device.type == "cpu" or torch.compiler.is_compiling() or runs.capturing(device)
+            or any(p.device != device for p in params)):
+        return None
+    return device
+
+
 def new_steps(params: list) -> list:
     """A step counter per parameter (:func:`new_step`). Many on one accelerator are the 0-d views
     of one buffer, remembered as a run with their values on the host (:mod:`._kernels.runs`), so
     the eager update does its per-parameter scalar math on the host without reading the device."""
-    device = params[0].device if params else None
-    if (len(params) < 2 or device.type == "cpu" or torch.compiler.is_compiling() or runs.capturing(device)
-            or any(p.device != device for p in params)):
+    device = _one_accelerator(params)
+    if device is None:
         return [new_step(p) for p in params]
     counters = torch.zeros(len(params), dtype=torch.float32, device=device)
     return runs.record(list(counters.unbind()), counters, runs.Layout.scalars(len(params)),
@@ -100,10 +109,8 @@ def host_scalar_slots(definition: OptimizerDefinition, params: list, per_leaf: l
     scalar slots depend on the hyperparameters only); nothing is read from the device. Anything
     else (the CPU, mixed devices, tensor hyperparameters on a device, under compile or capture)
     keeps ``init_slots``' own values."""
-    device = params[0].device if params else None
-    if (not definition.scalar_slots or len(params) < 2 or device.type == "cpu" or torch.compiler.is_compiling()
-            or runs.capturing(device) or any(p.device != device for p in params)
-            or any(isinstance(h, Tensor) and not h.is_cpu for h in flatten(hparams)[0])):
+    device = _one_accelerator(params) if definition.scalar_slots else None
+    if device is None or any(isinstance(h, Tensor) and not h.is_cpu for h in flatten(hparams)[0]):
         return
     stand_ins = [definition.init_slots(torch.empty(0, dtype=p.dtype), hparams, static) for p in params]
     for slot in definition.scalar_slots:

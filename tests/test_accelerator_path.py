@@ -55,3 +55,35 @@ def test_kernels_per_step_do_not_grow_with_the_parameters(entry, n_large):
     few, many = _kernels_per_step(entry, _params(16, n_large)), _kernels_per_step(entry, _params(160, n_large))
     assert sum(many.values()) == sum(few.values()), (few, many)
     assert sum(few.values()) < 60, few
+
+
+def _compat_kernels(cls, entry, impl: str) -> int:
+    """The kernels of the third step of ``cls`` on 20 meta parameters (``is_same_size``, compat's
+    gradient shape check, launches none)."""
+    params = [torch.zeros((8, 8) if i % 2 else (16,), device="meta", requires_grad=True) for i in range(20)]
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt = cls(params, foreach=impl == "foreach", **entry.kwargs)
+    for _ in range(3):
+        counted = kernels_per_step_of(opt.step)
+    return sum(n for name, n in counted.items() if name != "is_same_size")
+
+
+def kernels_per_step_of(step):
+    from benchmarks.kernel_counts import Kernels
+
+    with Kernels() as counted:
+        step()
+    return counted.ops
+
+
+@pytest.mark.parametrize("impl", ["for-loop", "foreach"])
+@pytest.mark.parametrize("entry", OPTIMIZERS, ids=[e.name for e in OPTIMIZERS])
+def test_compat_launches_no_more_kernels_than_torch(entry, impl):
+    """compat's steps on an accelerator's path: no read of the device where torch's reads none, and
+    no more kernels than torch's step of the same implementation."""
+    try:
+        theirs = _compat_kernels(entry.torch_cls, entry, impl)
+    except (RuntimeError, NotImplementedError) as e:  # torch's own step reads the device (.item())
+        pytest.skip(f"torch.optim.{entry.torch_cls.__name__} ({impl}) reads the device: {e}")
+    assert _compat_kernels(entry.compat_cls, entry, impl) <= theirs

@@ -296,6 +296,11 @@ class ForeachPureOps(PureOps):
             weights = [weight.to(dtype)] * len(xs)
         return self._foreach("lerp", xs, ends, weights)
 
+    def addcmul(self, xs, t1s, t2s, value: ScalarArg = 1):
+        if isinstance(value, (int, float)):  # never into ``xs``, even a list this update made
+            return _Fresh(torch._foreach_addcmul(xs, t1s, t2s, value))
+        return self.addcmul_(self.clone(xs), t1s, t2s, value)
+
     def addcmul_(self, xs, t1s, t2s, value: ScalarArg = 1):
         value = self._scalars(value, xs)
         if isinstance(value, list) and value and isinstance(value[0], Tensor):

@@ -244,6 +244,12 @@ class Ops:
     def clone(self, xs):
         return [x.clone() for x in xs]
 
+    def addcmul(self, xs, t1s, t2s, value: ScalarArg = 1):
+        """``x + v t1 t2`` as new tensors, ``xs`` unchanged (torch's out-of-place ``addcmul``:
+        RMSprop's centered ``square_avg.addcmul(grad_avg, grad_avg, value=-1)``). By default
+        :meth:`addcmul_` into copies, which rounds the same."""
+        return self.addcmul_(self.clone(xs), t1s, t2s, value)
+
     def own(self, xs: list) -> list:
         """``xs``, tensors the kernel has just made, marked as its own temporaries: the out-of-place
         eager Ops may then overwrite them in their underscore operations (in-place Ops always do)."""
@@ -484,6 +490,9 @@ class PureOps(Ops):
             out.append(torch.addcmul(x, a, b, value=v) if not isinstance(v, Tensor) else x + v * (a * b))
         return out
 
+    def addcmul(self, xs, t1s, t2s, value: ScalarArg = 1):
+        return PureOps.addcmul_(self, xs, t1s, t2s, value)  # (out of place already)
+
     def addcdiv_(self, xs, t1s, t2s, value: ScalarArg = 1):
         out = []
         for i, (x, a, b) in enumerate(zip(xs, t1s, t2s)):
@@ -583,6 +592,13 @@ class LoopOps(Ops):
         for x, e, w in zip(xs, ends, weights):
             x.lerp_(e, w)
         return xs
+
+    def addcmul(self, xs, t1s, t2s, value: ScalarArg = 1):
+        # torch's for-loop: one out-of-place addcmul per tensor; under autograd (differentiable)
+        # the default, whose copies keep the operands saved for backward from later in-place updates
+        if isinstance(value, (int, float)) and not torch.is_grad_enabled():
+            return [torch.addcmul(x, a, b, value=value) for x, a, b in zip(xs, t1s, t2s)]
+        return super().addcmul(xs, t1s, t2s, value)
 
     def addcmul_(self, xs, t1s, t2s, value: ScalarArg = 1):
         keep = torch.is_grad_enabled()  # under autograd, operands saved for backward are copied
@@ -813,6 +829,11 @@ class ForeachOps(Ops):
         else:
             torch._foreach_lerp_(xs, ends, weight)
         return xs
+
+    def addcmul(self, xs, t1s, t2s, value: ScalarArg = 1):
+        if isinstance(value, (int, float)) and not torch.is_grad_enabled():  # torch's foreach code
+            return list(torch._foreach_addcmul(xs, t1s, t2s, value))
+        return super().addcmul(xs, t1s, t2s, value)
 
     def addcmul_(self, xs, t1s, t2s, value: ScalarArg = 1):
         if isinstance(value, Tensor) or _is_tensor_list(value):

@@ -53,9 +53,8 @@ def rmsprop_kernel(ops: Ops, params: list, grads: list, state: dict, hparams: An
     new_state = {"step": steps, "square_avg": square_avgs}
     if static.centered:
         grad_avgs = new_state["grad_avg"] = ops.lerp_(state["grad_avg"], grads, 1 - alpha)
-        # torch: square_avg.addcmul(grad_avg, grad_avg, value=-1), a new tensor (the Ops have
-        # addcmul_ only: into a copy, rounded the same)
-        avgs = ops.sqrt_(ops.addcmul_(ops.clone(square_avgs), grad_avgs, grad_avgs, -1))
+        # torch: square_avg.addcmul(grad_avg, grad_avg, value=-1), a new tensor
+        avgs = ops.sqrt_(ops.addcmul(square_avgs, grad_avgs, grad_avgs, -1))
     else:
         avgs = ops.sqrt(square_avgs)
     # under differentiable=True the square root's output is saved for backward: add into a copy
