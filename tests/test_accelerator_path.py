@@ -7,14 +7,15 @@ The counter is ``benchmarks/kernel_counts.py``'s. What this shows: from ``init``
 never reads the device, and for the optimizers whose math torch's foreach step also does over
 whole lists, the kernels it launches per step do not grow
 with the number of parameters (small ones are stepped as one flat buffer, per-parameter scalars
-are numbers computed on the host). The numbers themselves are checked on CUDA (tests/test_cuda.py).
+are numbers computed on the host); and compat's steps launch no more kernels than torch's. The
+numbers themselves are checked on CUDA (tests/test_cuda.py).
 """
 
 import pytest
 import torch
 
 from _registry import OPTIMIZERS
-from benchmarks.kernel_counts import kernels_per_step
+from benchmarks.kernel_counts import Kernels, kernels_per_step
 
 #: per-tensor math in torch's foreach step too (Rprop's sign cases, Adafactor's row and column
 #: norms): their kernels grow with the parameters where they are not stepped as one flat buffer
@@ -70,8 +71,6 @@ def _compat_kernels(cls, entry, impl: str) -> int:
 
 
 def kernels_per_step_of(step):
-    from benchmarks.kernel_counts import Kernels
-
     with Kernels() as counted:
         step()
     return counted.ops
