@@ -27,11 +27,12 @@ next step (shape, dtype, device, address, contiguity: a Python call each).
 Recorded eagerly only (the callers run on :data:`FOREACH_PURE`'s path); under ``torch.compile``
 nothing is known.
 
-A run of step counters on an accelerator is recorded with its values on the host (``host``, a CPU
-copy that the update advances as it advances the counters), so the per-parameter scalar math
-(bias corrections) is done on the host and handed to the foreach kernels as numbers, as torch's
-own (non-capturable) step does with its CPU ``step`` tensors, without reading the device: reading
-it would wait for the GPU's queue. :func:`host_values` gives them. During CUDA graph capture
+A run of per-parameter scalars on an accelerator (the step counters, NAdam's ``mu_product``,
+ASGD's ``eta`` and ``mu``) is recorded with its values on the host (``host``, a CPU copy that the
+update advances as it advances the scalars), so the per-parameter scalar math (bias corrections,
+step sizes) is done on the host and handed to the foreach kernels as numbers, as torch's own
+(non-capturable) step does with its CPU state, without reading the device: reading it would wait
+for the GPU's queue. :func:`host_values` gives them. During CUDA graph capture
 nothing is recorded with host values and none are used: a replay advances the device counters
 without the host knowing.
 """
@@ -157,7 +158,7 @@ class Run(NamedTuple):
     device: torch.device
     version: int  # the version counter the views share with their buffer, when recorded
     storage_offset: int  # the first view's, in elements
-    host: Optional[Tensor] = None  # counters on an accelerator: their values, on the CPU
+    host: Optional[Tensor] = None  # scalars on an accelerator: their values, on the CPU
 
     @property
     def shapes(self) -> tuple:
@@ -178,7 +179,7 @@ def _forget(key: int) -> None:
 
 def record(views: list, flat: Tensor, layout: Layout, host: Optional[Tensor] = None) -> list:
     """Remember ``views``, consecutive views of the contiguous 1-D ``flat`` in ``layout``; returns them.
-    ``host``: ``flat``'s values as a CPU tensor, for a run of counters on an accelerator."""
+    ``host``: ``flat``'s values as a CPU tensor, for a run of scalars on an accelerator."""
     if not views:
         return views
     if host is not None and capturing(flat.device):
