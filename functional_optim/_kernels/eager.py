@@ -128,7 +128,7 @@ class ForeachPureOps(PureOps):
         there without reading an accelerator (:func:`.runs.host_values`), else where they are."""
         run = runs.known_scalars(scalars) if len(scalars) > 1 else None
         if run is not None:
-            host = runs.host_values(scalars)
+            host = runs.host_of(run, scalars[0])
             return (host if host is not None else run.flat(scalars[0])).to(torch.float64)
         if len(scalars) > 1 and _one_device(scalars):
             return torch.stack(list(scalars)).to(torch.float64)
@@ -479,7 +479,7 @@ def _counters(steps: Sequence[Tensor]) -> tuple:
         return None, None
     run = runs.known_scalars(steps)
     if run is not None:
-        return run.flat(steps[0]), (None if run.device.type == "cpu" else runs.host_values(steps))
+        return run.flat(steps[0]), (None if run.device.type == "cpu" else runs.host_of(run, steps[0]))
     if not (all(type(s) is Tensor and s.dim() == 0 and not s.requires_grad for s in steps)
             and _one_dtype(steps) is not None and _one_device(steps)):
         return None, None

@@ -47,7 +47,7 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["Layout", "Run", "record", "known", "known_scalars", "host_values", "cut"]
+__all__ = ["Layout", "Run", "record", "known", "known_scalars", "host_values", "host_of", "cut"]
 
 #: a stretch of shapes repeating fewer times than this is cut tensor by tensor
 MIN_REPEATS = 8
@@ -204,10 +204,14 @@ def host_values(leaves: Sequence) -> Optional[Tensor]:
     """The values of ``leaves``, a known run of 0-d counters, as a CPU vector, without reading an
     accelerator: the run's buffer itself on the CPU, the values recorded with it elsewhere; else ``None``."""
     run = known_scalars(leaves)
-    if run is None:
-        return None
+    return None if run is None else host_of(run, leaves[0])
+
+
+def host_of(run: Run, first: Tensor) -> Optional[Tensor]:
+    """:func:`host_values` of a run already known (``first``: its first tensor), without
+    recognising it again."""
     if run.device.type == "cpu":
-        return run.flat(leaves[0])
+        return run.flat(first)
     if run.host is None or capturing(run.device):
         return None
     return run.host
