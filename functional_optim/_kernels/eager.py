@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from . import runs
+from .compiled import COMPILED
 from .ops import FOREACH_LERP_HAS_NUMBER_LIST, PURE, PureOps, Scalar, ScalarArg, _fill_rprop_factors_
 
 __all__ = ["ForeachPureOps", "FOREACH_PURE", "eager_ops_for", "inside_functorch_transform"]
@@ -572,6 +573,12 @@ _materialize_deltas_in(ForeachPureOps)
 FOREACH_PURE = ForeachPureOps()
 
 
+def _batched(x: Any) -> bool:
+    """Whether ``x`` is a tensor batched by ``torch.func.vmap`` (a question Dynamo answers while
+    tracing, where :func:`inside_functorch_transform` reads its own interpreter stack)."""
+    return isinstance(x, Tensor) and torch._C._functorch.is_batchedtensor(x)
+
+
 def inside_functorch_transform() -> bool:
     """Whether a ``torch.func`` transform (vmap, grad, jvp ...) is running."""
     peek = getattr(torch._C._functorch, "peek_interpreter_stack", None)
@@ -579,12 +586,21 @@ def inside_functorch_transform() -> bool:
 
 
 def eager_ops_for(params: Sequence[Any], grads: Sequence[Any], *others: Sequence[Any]) -> PureOps:
-    """The pure Ops for one update: :data:`FOREACH_PURE` eagerly, :data:`PURE` (per tensor) under
-    ``torch.compile``, inside functorch transforms (vmap, grad), when anything requires grad
-    (autograd through the update), for sparse gradients and tensor subclasses (DTensor), and
-    when there is nothing to update (``params`` empty). ``others``: hyperparameters, state."""
-    if not params or torch.compiler.is_compiling() or inside_functorch_transform():
+    """The pure Ops for one update: :data:`FOREACH_PURE` eagerly, :data:`~.compiled.COMPILED`
+    under ``torch.compile``; :data:`PURE` (per tensor) inside functorch transforms (vmap, grad),
+    when anything requires grad (autograd through the update), for sparse gradients and tensor
+    subclasses (DTensor), for parameters on several devices, and when there is nothing to update
+    (``params`` empty). ``others``: hyperparameters, state."""
+    if not params:
         return PURE
+    if torch.compiler.is_compiling():
+        whole_lists = COMPILED
+        if any(_batched(x) for x in params) or any(_batched(x) for x in grads if x is not None):
+            return PURE  # (vmap under compile: Dynamo cannot tell inside_functorch_transform)
+    elif inside_functorch_transform():
+        return PURE
+    else:
+        whole_lists = FOREACH_PURE
     if any(type(x) is not Tensor or x.requires_grad for x in params) or not _one_device(params):
         return PURE  # (per-parameter scalar vectors live on the parameters' one device)
     if any(x is not None and (type(x) is not Tensor or x.requires_grad or x.is_sparse) for x in grads):
@@ -592,5 +608,5 @@ def eager_ops_for(params: Sequence[Any], grads: Sequence[Any], *others: Sequence
     for leaves in others:
         if any(isinstance(x, Tensor) and (x.requires_grad or type(x) is not Tensor) for x in leaves):
             return PURE
-    return FOREACH_PURE
+    return whole_lists
 
