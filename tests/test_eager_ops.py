@@ -7,6 +7,7 @@ import torch
 import functional_optim as fo
 import functional_optim._definition as definition_module
 from _registry import IDS, OPTIMIZERS
+from functional_optim._kernels.compiled import COMPILED
 from functional_optim._kernels.eager import FOREACH_PURE, eager_ops_for
 from functional_optim._kernels.ops import PURE
 
@@ -62,7 +63,7 @@ def test_the_foreach_path_is_taken_only_where_nothing_needs_the_per_tensor_form(
     torch.func.vmap(lambda x: seen.append(eager_ops_for([x], [x])) or x)(torch.zeros(2, 3))
     assert seen == [PURE]  # inside functorch transforms
     torch.compile(lambda x: seen.append(eager_ops_for([x], [x])) or x, backend="eager")(torch.zeros(3))
-    assert seen[-1] is PURE  # under torch.compile
+    assert seen[-1] is COMPILED  # under torch.compile: its own whole-list Ops (tests/test_compiled_ops.py)
 
 
 def test_writable_lists_are_never_written_into_by_later_underscore_ops():
