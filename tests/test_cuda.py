@@ -321,3 +321,27 @@ def test_compiled_step_on_cuda_launches_fewer_kernels_than_parameters(name):
     for got, want in ((got_few, want_few), (got_many, want_many)):
         for g, w in zip(got, want):
             torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["adam", "nadam", "radam"])
+def test_compiled_step_on_cuda_with_cpu_tensor_hparams_matches_eager(name):
+    """Tensor hyperparameters made the usual way (``torch.tensor(1e-3)``, on the CPU) with CUDA
+    params: the compiled step's per-parameter scalars (``foreach_map`` on the GPU) take them."""
+    torch._dynamo.reset()
+    opt = getattr(fo, name)(lr=1e-3)
+    params = _params()
+    state = opt.init(params)
+    hparams = opt.hparams._replace(lr=torch.tensor(2e-3, dtype=torch.float64))
+
+    def step(params, grads, state, hparams):
+        updates, state = opt.update(grads, state, params, hparams)
+        return fo.apply_updates(params, updates), state
+
+    compiled = torch.compile(step, fullgraph=True)
+    eager_params, eager_state = params, state
+    for k in range(3):
+        grads = _grads(params, k)
+        params, state = compiled(params, grads, state, hparams)
+        eager_params, eager_state = step(eager_params, grads, eager_state, hparams)
+    for p, e in zip(params, eager_params):
+        torch.testing.assert_close(p, e, rtol=1e-5, atol=1e-6)
