@@ -2,7 +2,9 @@
 
 ``update`` allocates new parameters and state every step (that is what makes it pure). A training
 loop that owns its tensors can call :func:`step_` instead: it runs the same ``update`` and writes
-the results into ``params`` and ``state``. Under ``torch.compile`` Inductor fuses each computation
+the results into ``params`` and ``state``, with one ``torch._foreach_add_`` of the updates and one
+``torch._foreach_copy_`` of the new state (what Inductor fuses horizontally on a GPU, as the
+compiled update's own foreach operations). Under ``torch.compile`` Inductor fuses each computation
 with its write, so the step reads and writes every tensor once and allocates nothing, like torch's
 fused kernels. The numbers are exactly those of ``update`` followed by ``apply_updates``. It is not
 differentiable (it runs under ``torch.no_grad``); use ``update`` for meta-learning.
@@ -25,15 +27,30 @@ def step_(transformation: GradientTransformation, grads: Any, state: Any, params
     updates, new_state = transformation.update(grads, state, params, hparams)
     _check_writable(params, updates, state, new_state)
     with torch.no_grad():
+        added, addends = [], []
         for p, u in zip(flatten(params)[0], flatten(updates)[0]):
-            if u is not None:
-                if p.dim() == 0:
-                    _write_(p, p + u)
-                else:
-                    p.add_(u)
+            if u is None:
+                continue
+            if p.dim() == 0:
+                _write_(p, p + u)
+            elif u.dtype == p.dtype and u.device == p.device:
+                added.append(p)
+                addends.append(u)
+            else:
+                p.add_(u)
+        if added:
+            torch._foreach_add_(added, addends)
+        written, values = [], []
         for old, new in zip(flatten(state)[0], flatten(new_state)[0]):
-            if isinstance(old, torch.Tensor) and new is not old:
+            if not isinstance(old, torch.Tensor) or new is old:
+                continue
+            if (old.dim() == 0 and old.is_cpu) or new.dtype != old.dtype or new.device != old.device:
                 _write_(old, new)
+            else:
+                written.append(old)
+                values.append(new)
+        if written:
+            torch._foreach_copy_(written, values)
 
 
 def _check_writable(params: Any, updates: Any, state: Any, new_state: Any) -> None:
@@ -54,7 +71,8 @@ def _check_writable(params: Any, updates: Any, state: Any, new_state: Any) -> No
 
 
 def _write_(dst: torch.Tensor, value: torch.Tensor) -> None:
-    """``dst.copy_(value)``; a 0-d ``dst`` is written by indexing (``dst[...] = value``).
+    """``dst.copy_(value)``; a 0-d ``dst`` is written by indexing (``dst[...] = value``). (Used for
+    0-d params, 0-d CPU state and values of another dtype or device; the rest is one foreach copy.)
 
     Under torch.compile (torch 2.13, aot_eager and Inductor) an in-place op on a 0-d float64 CPU
     input (``copy_``, ``add_``, ``fill_``) is silently dropped: the caller's tensor keeps its old

@@ -345,3 +345,25 @@ def test_compiled_step_on_cuda_with_cpu_tensor_hparams_matches_eager(name):
         eager_params, eager_state = step(eager_params, grads, eager_state, hparams)
     for p, e in zip(params, eager_params):
         torch.testing.assert_close(p, e, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("entry", OPTIMIZERS, ids=IDS)
+def test_compiled_in_place_step_on_cuda_equals_update(entry):
+    """``fo.step_`` compiled on CUDA (its writes one foreach add and one foreach copy, 0-d
+    counters on the GPU among them) leaves params and state as ``update`` + ``apply_updates``."""
+    torch._dynamo.reset()
+    opt = entry.factory(**entry.kwargs)
+    params = _params()
+    state = opt.init(params)
+    ref_params, ref_state = [p.clone() for p in params], opt.init(params)
+    compiled = torch.compile(lambda g, s, p: fo.step_(opt, g, s, p), fullgraph=True)
+    for k in range(3):
+        grads = _grads(params, k)
+        compiled(grads, state, params)
+        updates, ref_state = opt.update(grads, ref_state, ref_params)
+        ref_params = fo.apply_updates(ref_params, updates)
+    for p, r in zip(params, ref_params):
+        torch.testing.assert_close(p, r, rtol=1e-5, atol=1e-6)
+    for s, r in zip(fo.tree.flatten(state)[0], fo.tree.flatten(ref_state)[0]):
+        if isinstance(s, torch.Tensor):
+            torch.testing.assert_close(s, r, rtol=1e-5, atol=1e-6)
