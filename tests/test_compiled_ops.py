@@ -185,12 +185,24 @@ def _traced_calls(n_params: int, name: str):
     return [str(node.target) for node in graph.graph.nodes if node.op == "call_function"]
 
 
+#: per-parameter calls a traced step keeps whatever its math: reading list items and attributes, the
+#: vmap check of each input, and torch.lerp (its foreach form rounds otherwise; see compiled.py)
+_PER_TENSOR_ANYWAY = ("getitem", "getattr", "is_batchedtensor", "lerp")
+
+
+@pytest.mark.parametrize("gpu_form", [False, True], ids=["cpu-form", "gpu-form"])
 @pytest.mark.parametrize("name", ["adam", "adamw", "sgd", "rmsprop", "adadelta", "adagrad", "nadam", "adamax"])
-def test_traced_step_is_list_operations_whose_number_does_not_grow_with_the_parameters(name):
+def test_traced_step_is_list_operations_whose_number_does_not_grow_with_the_parameters(name, gpu_form, monkeypatch):
     """What Inductor fuses horizontally on a GPU: the elementwise math is foreach operations over
     all parameters, so the graph's foreach calls are the same for 4 and for 12 parameters (the
-    per-tensor step had a call per parameter and operation)."""
+    per-tensor step had a call per parameter and operation). In the GPU form (the scalar math as
+    ``foreach_map``, forced onto the CPU here) no arithmetic call grows with the parameters."""
+    if gpu_form:
+        monkeypatch.setattr(compiled, "FOREACH_FUSING_DEVICES", ("cpu",))
     few, many = _traced_calls(4, name), _traced_calls(12, name)
     foreach = lambda calls: sorted(c for c in calls if "_foreach_" in c or "foreach_map" in c)  # noqa: E731
     assert foreach(few), "no foreach operation in the traced step"
     assert foreach(few) == foreach(many)
+    if gpu_form:
+        others = lambda calls: sorted(c for c in calls if not any(k in c for k in _PER_TENSOR_ANYWAY))  # noqa: E731
+        assert others(few) == others(many)

@@ -124,6 +124,11 @@ class CompiledOps(PureOps):
             return self.per_param(lambda d: -(numerator / d), denominators)
         return super().neg_quotients(numerator, denominators)
 
+    def next_step_times(self, steps: Sequence[Scalar], factor: Scalar):
+        if _tensors(steps):
+            return self.per_param(lambda t: (t + 1) * factor, steps)
+        return super().next_step_times(steps, factor)
+
     def sqrt_div(self, xs, divisors: ScalarArg):
         if _tensors(divisors) and len(divisors) == len(xs):
             return self.div_(self.sqrt(xs), self.realize(self.per_param(lambda d: d**0.5, divisors)))
