@@ -186,7 +186,8 @@ def _traced_calls(n_params: int, name: str):
 
 
 #: per-parameter calls a traced step keeps whatever its math: reading list items and attributes, the
-#: vmap check of each input, and torch.lerp (its foreach form rounds otherwise; see compiled.py)
+#: vmap check of each input, and torch.lerp (its foreach form rounds otherwise; see compiled.py;
+#: with torch 2.11 also addcmul and addcdiv)
 _PER_TENSOR_ANYWAY = ("getitem", "getattr", "is_batchedtensor", "lerp")
 
 
@@ -204,5 +205,8 @@ def test_traced_step_is_list_operations_whose_number_does_not_grow_with_the_para
     assert foreach(few), "no foreach operation in the traced step"
     assert foreach(few) == foreach(many)
     if gpu_form:
-        others = lambda calls: sorted(c for c in calls if not any(k in c for k in _PER_TENSOR_ANYWAY))  # noqa: E731
+        # (torch 2.11: addcmul/addcdiv per tensor, which its Dynamo may trace as add, mul and div)
+        per_tensor_addc = () if compiled._foreach_addc_rounds_as_per_tensor() else ("addc", "add", "mul", "div")
+        anyway = _PER_TENSOR_ANYWAY + per_tensor_addc
+        others = lambda calls: sorted(c for c in calls if not any(k in c for k in anyway))  # noqa: E731
         assert others(few) == others(many)

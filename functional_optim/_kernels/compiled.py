@@ -20,8 +20,9 @@ On the CPU Inductor lowers a foreach operation to the same per-tensor loops as t
 operations (its C++ code fuses them either way), so the compiled step computes what it computed
 with :class:`PureOps`, bit for bit (``tests/test_compiled_ops.py``). Where an operation's
 foreach form would round differently (``torch._foreach_lerp`` is decomposed as
-``x + w (e - x)``, which is not ``torch.lerp``; a foreach operation over tensors of different
-dtypes promotes differently) the per-tensor form is kept.
+``x + w (e - x)``, which is not ``torch.lerp``; torch 2.11 decomposes the foreach ``addcmul`` and
+``addcdiv``; a foreach operation over tensors of different dtypes promotes differently) the
+per-tensor form is kept.
 
 It is chosen under ``torch.compile`` where nothing needs the per-tensor form: plain tensors, no
 input that requires grad (differentiating through a compiled update), no functorch transform
@@ -83,6 +84,26 @@ def _cast_scalars(scalar: ScalarArg, xs: Sequence[Tensor]):
     if any(s.dim() != 0 or s.device != x.device for s, x in zip(scalar, xs)):
         return None
     return [s if s.dtype == x.dtype else s.to(x.dtype) for s, x in zip(scalar, xs)]
+
+
+_ADDC_ROUNDS_AS_PER_TENSOR: list = []
+
+
+@torch._dynamo.assume_constant_result
+def _foreach_addc_rounds_as_per_tensor() -> bool:
+    """Whether Inductor computes ``torch._foreach_addcmul``/``_foreach_addcdiv`` with a number
+    ``value`` as it computes ``torch.addcmul``/``torch.addcdiv`` (torch 2.13: one lowering for
+    both). torch 2.11's Inductor decomposes the foreach forms into ``x + v (a * b)``, which rounds
+    otherwise than its per-tensor ``addcmul`` (measured: Adam, RMSprop, NAdam ... 1 ulp apart);
+    there the per-tensor form is kept. Asked once, outside the traced code (importing Inductor's
+    decomposition table takes a second)."""
+    if not _ADDC_ROUNDS_AS_PER_TENSOR:
+        from torch._inductor.decomposition import decompositions
+
+        aten = torch.ops.aten
+        _ADDC_ROUNDS_AS_PER_TENSOR.append(aten._foreach_addcmul.Scalar not in decompositions
+                                          and aten._foreach_addcdiv.Scalar not in decompositions)
+    return _ADDC_ROUNDS_AS_PER_TENSOR[0]
 
 
 def _is_one(x: Any) -> bool:
@@ -215,7 +236,9 @@ class CompiledOps(PureOps):
     def addcmul_(self, xs, t1s, t2s, value: ScalarArg = 1):
         if _alike(xs, t1s, t2s):
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                return list(torch._foreach_addcmul(xs, t1s, t2s, value))
+                if _foreach_addc_rounds_as_per_tensor():
+                    return list(torch._foreach_addcmul(xs, t1s, t2s, value))
+                return super().addcmul_(xs, t1s, t2s, value)
             cast = _cast_scalars(value, xs)  # x + v (a b), as PureOps computes it for tensor v
             if cast is not None:
                 return list(torch._foreach_add(xs, torch._foreach_mul(torch._foreach_mul(t1s, t2s), cast)))
@@ -227,7 +250,9 @@ class CompiledOps(PureOps):
     def addcdiv_(self, xs, t1s, t2s, value: ScalarArg = 1):
         if _alike(xs, t1s, t2s):
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                return list(torch._foreach_addcdiv(xs, t1s, t2s, value))
+                if _foreach_addc_rounds_as_per_tensor():
+                    return list(torch._foreach_addcdiv(xs, t1s, t2s, value))
+                return super().addcdiv_(xs, t1s, t2s, value)
             cast = _cast_scalars(value, xs)  # x + v (a / b), as PureOps computes it for tensor v
             if cast is not None:
                 return list(torch._foreach_add(xs, torch._foreach_mul(torch._foreach_div(t1s, t2s), cast)))
