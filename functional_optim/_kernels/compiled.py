@@ -56,8 +56,11 @@ def _tensors(xs: Any) -> bool:
 
 
 def _alike(xs: Sequence[Tensor], *lists: Sequence[Any]) -> bool:
-    """Whether each list holds, position by position, tensors of ``xs``' dtype and device: a
-    foreach operation over them then computes what the per-tensor operations compute."""
+    """Whether ``xs`` is a list of tensors and each of ``lists`` holds, position by position,
+    tensors of ``xs``' dtype and device: a foreach operation over them then computes what the
+    per-tensor operations compute."""
+    if not _tensors(xs):
+        return False
     for others in lists:
         if not _tensors(others) or len(others) != len(xs):
             return False
@@ -94,7 +97,7 @@ def _foreach_addc_rounds_as_per_tensor() -> bool:
     """Whether Inductor computes ``torch._foreach_addcmul``/``_foreach_addcdiv`` with a number
     ``value`` as it computes ``torch.addcmul``/``torch.addcdiv`` (torch 2.13: one lowering for
     both). torch 2.11's Inductor decomposes the foreach forms into ``x + v (a * b)``, which rounds
-    otherwise than its per-tensor ``addcmul`` (measured: Adam, RMSprop, NAdam ... 1 ulp apart);
+    otherwise than its per-tensor ``addcmul`` (measured: Adam, RMSprop, NAdam ... an ulp apart);
     there the per-tensor form is kept. Asked once, outside the traced code (importing Inductor's
     decomposition table takes a second)."""
     if not _ADDC_ROUNDS_AS_PER_TENSOR:
