@@ -210,3 +210,19 @@ def test_traced_step_is_list_operations_whose_number_does_not_grow_with_the_para
         anyway = _PER_TENSOR_ANYWAY + per_tensor_addc
         others = lambda calls: sorted(c for c in calls if not any(k in c for k in anyway))  # noqa: E731
         assert others(few) == others(many)
+
+
+def test_hyperparameters_on_another_device_keep_the_scalar_math_per_parameter():
+    """A tensor hyperparameter on another device than the parameters (the CPU's, with CUDA
+    parameters) is captured by the kernels' scalar functions: the compiled update then keeps the
+    foreach list operations and computes the per-parameter scalars per parameter."""
+    seen = []
+
+    def choose(x):
+        seen.append(eager.eager_ops_for([x], [x], [torch.tensor(1e-3, device="meta")]))
+        seen.append(eager.eager_ops_for([x], [x], [torch.tensor(1e-3)]))
+        return x
+
+    torch.compile(choose, backend="eager", fullgraph=True)(torch.zeros(3))
+    assert seen == [compiled.COMPILED_SCALARS_PER_PARAM, compiled.COMPILED]
+    assert not compiled.COMPILED_SCALARS_PER_PARAM.map_scalars

@@ -43,7 +43,7 @@ try:  # torch >= 2.7
 except ImportError:  # pragma: no cover - older torch: per-parameter scalar math as PureOps does it
     _foreach_map = None
 
-__all__ = ["CompiledOps", "COMPILED", "FOREACH_FUSING_DEVICES"]
+__all__ = ["CompiledOps", "COMPILED", "COMPILED_SCALARS_PER_PARAM", "FOREACH_FUSING_DEVICES"]
 
 #: devices whose Inductor backend fuses foreach operations horizontally (and stores what
 #: ``foreach_map`` computes); elsewhere (the CPU) the lowering is per tensor
@@ -116,7 +116,16 @@ def _is_one(x: Any) -> bool:
 class CompiledOps(PureOps):
     """:class:`PureOps`' formulas as ``torch._foreach_*`` operations over whole lists, and the
     per-parameter scalar math as one ``foreach_map`` (see the module docstring). Every method
-    falls back to the per-tensor form where its foreach form would not compute the same."""
+    falls back to the per-tensor form where its foreach form would not compute the same.
+
+    ``map_scalars=False`` keeps the per-parameter scalar math per parameter (:class:`PureOps`'):
+    for tensor hyperparameters on another device than the parameters (``torch.tensor(1e-3)`` on
+    the CPU with CUDA parameters), which the kernels' scalar functions capture and which a
+    ``foreach_map`` over CUDA scalars would take into its subgraph, a case no test of this
+    project has run on a GPU yet."""
+
+    def __init__(self, map_scalars: bool = True) -> None:
+        self.map_scalars = map_scalars
 
     # ------------------------------------------------------------------ scalars
     def per_param(self, fn: Callable[..., Any], *values: Any):
@@ -127,7 +136,7 @@ class CompiledOps(PureOps):
         The arguments enter as copies (``clone``, which Inductor inlines): a higher-order op takes
         no inputs that alias each other, and per-parameter scalars may be views of one buffer
         (step counters made by an eager ``init`` on an accelerator, a state loaded from one)."""
-        if (_foreach_map is not None and values and all(_tensors(v) for v in values)
+        if (self.map_scalars and _foreach_map is not None and values and all(_tensors(v) for v in values)
                 and len({len(v) for v in values}) == 1
                 and all(x.device.type in FOREACH_FUSING_DEVICES for v in values for x in v)):
             return list(_foreach_map(fn, *([x.clone() for x in v] for v in values)))
@@ -139,7 +148,7 @@ class CompiledOps(PureOps):
         they realize is a product or quotient of hyperparameters (Muon's step sizes), cheaper to
         recompute than to load. Elsewhere :meth:`PureOps.realize` (the CPU's Inductor inlines a
         ``foreach_map`` into its users, so it would recompute the scalars per element)."""
-        if _tensors(scalars) and all(s.device.type in FOREACH_FUSING_DEVICES for s in scalars):
+        if self.map_scalars and _tensors(scalars) and all(s.device.type in FOREACH_FUSING_DEVICES for s in scalars):
             return list(scalars)
         return super().realize(scalars)
 
@@ -263,3 +272,5 @@ class CompiledOps(PureOps):
 
 
 COMPILED = CompiledOps()
+#: :data:`COMPILED` with the per-parameter scalar math per parameter (hyperparameters elsewhere)
+COMPILED_SCALARS_PER_PARAM = CompiledOps(map_scalars=False)

@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from . import runs
-from .compiled import COMPILED
+from .compiled import COMPILED, COMPILED_SCALARS_PER_PARAM
 from .ops import FOREACH_LERP_HAS_NUMBER_LIST, PURE, PureOps, Scalar, ScalarArg, _fill_rprop_factors_
 
 __all__ = ["ForeachPureOps", "FOREACH_PURE", "eager_ops_for", "inside_functorch_transform"]
@@ -587,14 +587,17 @@ def inside_functorch_transform() -> bool:
 
 def eager_ops_for(params: Sequence[Any], grads: Sequence[Any], *others: Sequence[Any]) -> PureOps:
     """The pure Ops for one update: :data:`FOREACH_PURE` eagerly, :data:`~.compiled.COMPILED`
-    under ``torch.compile``; :data:`PURE` (per tensor) inside functorch transforms (vmap, grad),
+    under ``torch.compile`` (:data:`~.compiled.COMPILED_SCALARS_PER_PARAM` where a tensor
+    hyperparameter or state is on another device than the parameters); :data:`PURE` (per tensor) inside functorch transforms (vmap, grad),
     when anything requires grad (autograd through the update), for sparse gradients and tensor
     subclasses (DTensor), for parameters on several devices, and when there is nothing to update
     (``params`` empty). ``others``: hyperparameters, state."""
     if not params:
         return PURE
     if torch.compiler.is_compiling():
-        whole_lists = COMPILED
+        device = params[0].device
+        elsewhere = any(isinstance(x, Tensor) and x.device != device for leaves in others for x in leaves)
+        whole_lists = COMPILED_SCALARS_PER_PARAM if elsewhere else COMPILED
         if any(_batched(x) for x in params) or any(_batched(x) for x in grads if x is not None):
             return PURE  # (vmap under compile: Dynamo cannot tell inside_functorch_transform)
     elif inside_functorch_transform():
