@@ -245,30 +245,31 @@ class CompiledOps(PureOps):
     def maximum_(self, xs, others):
         return list(torch._foreach_maximum(xs, others)) if _alike(xs, others) else super().maximum_(xs, others)
 
+    def _addc(self, op: str, xs, t1s, t2s, value: ScalarArg):
+        """``x + v (a * b)`` (``op="mul"``) or ``x + v (a / b)`` (``op="div"``) over the lists, as
+        PureOps computes them (``torch.addcmul``/``torch.addcdiv`` for a number ``v``, the product
+        with ``v`` last for a tensor ``v``); ``None`` where the foreach form would not compute that."""
+        if not _alike(xs, t1s, t2s):
+            return None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not _foreach_addc_rounds_as_per_tensor():
+                return None
+            return list(getattr(torch, f"_foreach_addc{op}")(xs, t1s, t2s, value))
+        cast = _cast_scalars(value, xs)
+        if cast is None:
+            return None
+        return list(torch._foreach_add(xs, torch._foreach_mul(getattr(torch, f"_foreach_{op}")(t1s, t2s), cast)))
+
     def addcmul_(self, xs, t1s, t2s, value: ScalarArg = 1):
-        if _alike(xs, t1s, t2s):
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                if _foreach_addc_rounds_as_per_tensor():
-                    return list(torch._foreach_addcmul(xs, t1s, t2s, value))
-                return super().addcmul_(xs, t1s, t2s, value)
-            cast = _cast_scalars(value, xs)  # x + v (a b), as PureOps computes it for tensor v
-            if cast is not None:
-                return list(torch._foreach_add(xs, torch._foreach_mul(torch._foreach_mul(t1s, t2s), cast)))
-        return super().addcmul_(xs, t1s, t2s, value)
+        out = self._addc("mul", xs, t1s, t2s, value)
+        return super().addcmul_(xs, t1s, t2s, value) if out is None else out
 
     def addcmul(self, xs, t1s, t2s, value: ScalarArg = 1):
         return self.addcmul_(xs, t1s, t2s, value)  # (out of place already)
 
     def addcdiv_(self, xs, t1s, t2s, value: ScalarArg = 1):
-        if _alike(xs, t1s, t2s):
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                if _foreach_addc_rounds_as_per_tensor():
-                    return list(torch._foreach_addcdiv(xs, t1s, t2s, value))
-                return super().addcdiv_(xs, t1s, t2s, value)
-            cast = _cast_scalars(value, xs)  # x + v (a / b), as PureOps computes it for tensor v
-            if cast is not None:
-                return list(torch._foreach_add(xs, torch._foreach_mul(torch._foreach_div(t1s, t2s), cast)))
-        return super().addcdiv_(xs, t1s, t2s, value)
+        out = self._addc("div", xs, t1s, t2s, value)
+        return super().addcdiv_(xs, t1s, t2s, value) if out is None else out
 
 
 COMPILED = CompiledOps()

@@ -588,10 +588,11 @@ def inside_functorch_transform() -> bool:
 def eager_ops_for(params: Sequence[Any], grads: Sequence[Any], *others: Sequence[Any]) -> PureOps:
     """The pure Ops for one update: :data:`FOREACH_PURE` eagerly, :data:`~.compiled.COMPILED`
     under ``torch.compile`` (:data:`~.compiled.COMPILED_SCALARS_PER_PARAM` where a tensor
-    hyperparameter or state is on another device than the parameters); :data:`PURE` (per tensor) inside functorch transforms (vmap, grad),
-    when anything requires grad (autograd through the update), for sparse gradients and tensor
-    subclasses (DTensor), for parameters on several devices, and when there is nothing to update
-    (``params`` empty). ``others``: hyperparameters, state."""
+    hyperparameter or state is on another device than the parameters); :data:`PURE` (per
+    tensor) inside functorch transforms (vmap, grad), when anything requires grad (autograd
+    through the update), for sparse gradients and tensor subclasses (DTensor), for parameters on
+    several devices, and when there is nothing to update (``params`` empty). ``others``:
+    hyperparameters, state."""
     if not params:
         return PURE
     if torch.compiler.is_compiling():
