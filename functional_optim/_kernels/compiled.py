@@ -69,12 +69,20 @@ def _alike(xs: Sequence[Tensor], *lists: Sequence[Any]) -> bool:
     return True
 
 
+def _number(x: Any) -> bool:
+    """A Python number a foreach operation takes as its scalar (not a bool)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
 def _cast_scalars(scalar: ScalarArg, xs: Sequence[Tensor]):
-    """A scalar argument as a foreach operation takes it, each value cast to its tensor's dtype as
-    :class:`PureOps` casts it: a number as it is, a 0-d tensor once (``xs`` of one dtype and
-    device), one tensor per parameter (a list or a 1-D vector) each to its tensor's dtype; ``None``
-    where the foreach form would not compute the same (numbers per parameter, other devices)."""
-    if isinstance(scalar, (int, float)) and not isinstance(scalar, bool):
+    """A scalar argument as a foreach operation over the list of tensors ``xs`` takes it, each
+    value cast to its tensor's dtype as :class:`PureOps` casts it: a number as it is, a 0-d tensor
+    once (``xs`` of one dtype and device), one tensor per parameter (a list or a 1-D vector) each
+    to its tensor's dtype; ``None`` where the foreach form would not compute the same (``xs`` not a
+    list of tensors, numbers per parameter, other devices)."""
+    if not _alike(xs):
+        return None
+    if _number(scalar):
         return scalar
     if isinstance(scalar, Tensor) and scalar.dim() == 1:
         scalar = list(scalar.unbind())
@@ -110,7 +118,7 @@ def _foreach_addc_rounds_as_per_tensor() -> bool:
 
 
 def _is_one(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and x == 1
+    return _number(x) and x == 1
 
 
 class CompiledOps(PureOps):
@@ -175,7 +183,7 @@ class CompiledOps(PureOps):
     # ------------------------------------------------------------------ list math
     def _scaled(self, xs, scalar: ScalarArg):
         """``x * s`` over the list where the foreach form computes it, else ``None``."""
-        cast = _cast_scalars(scalar, xs) if _alike(xs) else None
+        cast = _cast_scalars(scalar, xs)
         return None if cast is None else list(torch._foreach_mul(xs, cast))
 
     def neg(self, xs):
@@ -198,7 +206,7 @@ class CompiledOps(PureOps):
         return super().add_(xs, other, alpha)
 
     def add_scalar(self, xs, value: ScalarArg):
-        cast = _cast_scalars(value, xs) if _alike(xs) else None
+        cast = _cast_scalars(value, xs)
         return super().add_scalar(xs, value) if cast is None else list(torch._foreach_add(xs, cast))
 
     def square(self, xs):
@@ -225,7 +233,7 @@ class CompiledOps(PureOps):
 
     def mul(self, xs, other):
         # (PureOps multiplies by a tensor scalar without casting it: only lists of xs' dtypes here)
-        if _alike(xs, other) or (isinstance(other, (int, float)) and not isinstance(other, bool) and _alike(xs)):
+        if _alike(xs, other) or (_number(other) and _alike(xs)):
             return list(torch._foreach_mul(xs, list(other) if isinstance(other, tuple) else other))
         return super().mul(xs, other)
 
@@ -233,7 +241,7 @@ class CompiledOps(PureOps):
         return list(torch._foreach_mul(xs, others)) if _alike(xs, others) else super().mul_tensors_(xs, others)
 
     def div_(self, xs, scalar: ScalarArg):
-        cast = _cast_scalars(scalar, xs) if _alike(xs) else None
+        cast = _cast_scalars(scalar, xs)
         return super().div_(xs, scalar) if cast is None else list(torch._foreach_div(xs, cast))
 
     def div_tensors_(self, xs, others):
@@ -251,7 +259,7 @@ class CompiledOps(PureOps):
         with ``v`` last for a tensor ``v``); ``None`` where the foreach form would not compute that."""
         if not _alike(xs, t1s, t2s):
             return None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if _number(value):
             if not _foreach_addc_rounds_as_per_tensor():
                 return None
             return list(getattr(torch, f"_foreach_addc{op}")(xs, t1s, t2s, value))
