@@ -22,6 +22,10 @@
 #      transformer and large (cuda-<gpu>-quick-compiled.{md,json,png});
 #   4. python -m benchmarks.profile_step: torch.profiler of torch fused Adam and ours on transformer
 #      (large took more than its 45 s on 2026-12-04: cold compiles).
+# STAGES picks and orders them (default "tests eager compiled profile"): with 15 minutes of device
+# time in all, one call of STAGES="tests compiled" (TEST_LIMIT_S=240 COMPILED_LIMIT_S=300) measures
+# what changed since the run of 2026-12-04 first, and a second call, if the budget still allows,
+# STAGES="eager profile".
 # The benchmark writes its report after every block, so a stage stopped by its limit still leaves
 # one (with a note saying where it stopped). DEVICE=cpu runs the same stages on the CPU (a dry run
 # of the script itself; the CUDA tests then skip). Extra arguments go to both benchmark runs.
@@ -33,6 +37,10 @@ TEST_LIMIT_S="${TEST_LIMIT_S:-120}"
 EAGER_LIMIT_S="${EAGER_LIMIT_S:-110}"
 COMPILED_LIMIT_S="${COMPILED_LIMIT_S:-240}"
 PROFILE_LIMIT_S="${PROFILE_LIMIT_S:-45}"
+STAGES="${STAGES:-tests eager compiled profile}"
+for s in $STAGES; do
+    case "$s" in tests|eager|compiled|profile) ;; *) echo "unknown stage '$s' (tests, eager, compiled, profile)"; exit 2;; esac
+done
 mkdir -p "$OUT"
 PY="${PYTHON:-python3}"
 LOG="$OUT/session.log"
@@ -64,17 +72,24 @@ stage() {  # stage NAME LIMIT_S COMMAND...: run under a time limit, log its exit
 
 xdist=()
 "$PY" -c "import xdist" 2>/dev/null && xdist=(-n 6)
-stage "CUDA tests" "$TEST_LIMIT_S" "$PY" -m pytest -q -p no:cacheprovider -rsP "${xdist[@]}" tests/test_cuda.py \
-    tests/test_adadelta.py tests/test_adagrad.py tests/test_nadam.py tests/test_rmsprop.py tests/test_low_precision.py \
-    tests/test_accelerator_path.py -k "cuda or accelerator" > "$OUT/cuda-tests.log" 2>&1
-tail -n 30 "$OUT/cuda-tests.log" | tee -a "$LOG"
-
 large=()
 [ "$DEVICE" = cuda ] && large=(--large)
-stage "benchmark, eager" "$EAGER_LIMIT_S" "$PY" -m benchmarks.run --quick "${large[@]}" --torch-optim --no-compile \
-    --device "$DEVICE" --out "$OUT" "$@" >> "$LOG" 2>&1
-stage "benchmark, compiled Adam" "$COMPILED_LIMIT_S" "$PY" -m benchmarks.run --quick "${large[@]}" --optimizers Adam \
-    --workloads transformer --device "$DEVICE" --out "$OUT" --tag compiled "$@" >> "$LOG" 2>&1
-stage "profile, Adam on transformer" "$PROFILE_LIMIT_S" "$PY" -m benchmarks.profile_step --workload transformer \
-    --device "$DEVICE" >> "$LOG" 2>&1
+for s in $STAGES; do
+    case "$s" in
+    tests)
+        stage "CUDA tests" "$TEST_LIMIT_S" "$PY" -m pytest -q -p no:cacheprovider -rsP "${xdist[@]}" tests/test_cuda.py \
+            tests/test_adadelta.py tests/test_adagrad.py tests/test_nadam.py tests/test_rmsprop.py tests/test_low_precision.py \
+            tests/test_accelerator_path.py -k "cuda or accelerator" > "$OUT/cuda-tests.log" 2>&1
+        tail -n 30 "$OUT/cuda-tests.log" | tee -a "$LOG";;
+    eager)
+        stage "benchmark, eager" "$EAGER_LIMIT_S" "$PY" -m benchmarks.run --quick "${large[@]}" --torch-optim --no-compile \
+            --device "$DEVICE" --out "$OUT" "$@" >> "$LOG" 2>&1;;
+    compiled)
+        stage "benchmark, compiled Adam" "$COMPILED_LIMIT_S" "$PY" -m benchmarks.run --quick "${large[@]}" --optimizers Adam \
+            --workloads transformer --device "$DEVICE" --out "$OUT" --tag compiled "$@" >> "$LOG" 2>&1;;
+    profile)
+        stage "profile, Adam on transformer" "$PROFILE_LIMIT_S" "$PY" -m benchmarks.profile_step --workload transformer \
+            --device "$DEVICE" >> "$LOG" 2>&1;;
+    esac
+done
 ls -l "$OUT" | tee -a "$LOG"
