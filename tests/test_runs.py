@@ -17,8 +17,10 @@ from functional_optim._kernels import runs
 SHAPES = [(), (1,), (3,), (2, 3), (4, 1, 2), (0,), (5,)]
 
 
-def _views_of(shapes):
-    flat = torch.arange(sum(torch.Size(s).numel() for s in shapes), dtype=torch.float64)
+def _views_of(shapes, offset=0):
+    """``(flat, its views in shapes)``; ``offset``: elements of flat's storage before it."""
+    n = sum(torch.Size(s).numel() for s in shapes)
+    flat = torch.arange(offset + n, dtype=torch.float64)[offset:] if offset else torch.arange(n, dtype=torch.float64)
     return flat, runs.cut(flat, runs.Layout([torch.Size(s) for s in shapes]))
 
 
@@ -26,18 +28,25 @@ def _views_of(shapes):
 @given(prefix=st.lists(st.sampled_from(SHAPES), max_size=5),
        block=st.lists(st.sampled_from(SHAPES), min_size=1, max_size=4),
        repeats=st.integers(0, runs.MIN_REPEATS + 3),
-       suffix=st.lists(st.sampled_from(SHAPES), max_size=5))
-def test_a_layout_cuts_the_views_unflatten_dense_tensors_makes(prefix, block, repeats, suffix):
+       suffix=st.lists(st.sampled_from(SHAPES), max_size=5),
+       offset=st.sampled_from([0, 0, 3]))
+def test_a_layout_cuts_the_views_unflatten_dense_tensors_makes(prefix, block, repeats, suffix, offset):
     shapes = prefix + block * repeats + suffix
     if not shapes:
         return
-    flat, views = _views_of(shapes)
+    flat, views = _views_of(shapes, offset)
     expected = torch._C._nn.unflatten_dense_tensors(flat, [torch.empty(s) for s in shapes])
+    base = flat._base if flat._base is not None else flat
     assert len(views) == len(expected)
     for view, ref in zip(views, expected):
         assert (view.shape, view.stride()) == (ref.shape, ref.stride())
         if ref.numel():  # (torch gives an empty tensor of its own where there is nothing to view)
-            assert view.storage_offset() == ref.storage_offset() and view._base is flat and torch.equal(view, ref)
+            assert view.storage_offset() == ref.storage_offset() and view._base is base and torch.equal(view, ref)
+
+
+@pytest.mark.parametrize("shape", [(), (0,), (1,), (5,), (2, 0, 3), (1, 4), (4, 1), (2, 1, 3, 1), (0, 0), (3, 4, 5)])
+def test_contiguous_strides_are_torchs(shape):
+    assert runs.contiguous_strides(torch.Size(shape)) == torch.empty(shape).stride()
 
 
 def test_a_repeated_block_is_cut_with_one_unbind_per_position(monkeypatch):

@@ -88,11 +88,9 @@ class Layout:
             self._plan = _plan(self.shapes)
         out: list = []
         for start, element, period, repeats, block in self._plan:
-            if repeats == 1:  # tensors one by one, as unflatten_dense_tensors cuts them
-                sizes = self.numels[start:start + period]
-                pieces = flat.narrow(0, element, sum(sizes)).split(sizes)
-                out.extend(piece if len(shape) == 1 else piece.view(shape)
-                           for piece, shape in zip(pieces, self.shapes[start:start + period]))
+            if repeats == 1:  # tensors one by one: one view each, where split + view made two
+                base = flat.storage_offset() + element
+                out.extend(flat.as_strided(shape, stride, base + offset) for shape, stride, offset in block)
                 continue
             rows = flat.narrow(0, element, repeats * block).view(repeats, block)
             columns, offset = [], 0
@@ -105,9 +103,10 @@ class Layout:
 
 @functools.lru_cache(maxsize=32)
 def _plan(shapes: tuple) -> tuple:
-    """``(start, first element, period, repeats, elements per period)`` stretches covering the
-    shapes: a shortest period repeated at least :data:`MIN_REPEATS` times, or single tensors
-    (``repeats == 1``; consecutive singles merged into one stretch). Found once per distinct run of
+    """``(start, first element, period, repeats, block)`` stretches covering the shapes: a
+    shortest period repeated at least :data:`MIN_REPEATS` times (``block``: its elements), or
+    single tensors (``repeats == 1``; consecutive singles merged into one stretch; ``block``:
+    each one's ``(shape, contiguous strides, offset from the stretch's first element)``). Found once per distinct run of
     shapes (cached: a layout rebuilt every step, from tensors that are not a known run, finds it
     again in the cache), comparing each shape's number in order of first appearance."""
     codes: dict = {}
@@ -135,7 +134,7 @@ def _plan(shapes: tuple) -> tuple:
             i += 1
             continue
         if singles_from is not None:
-            plan.append((singles_from[0], singles_from[1], i - singles_from[0], 1, None))
+            plan.append(_singles(shapes, singles_from, i))
             singles_from = None
         period, repeats = found
         block_numel = sum(numels[i:i + period])
@@ -143,8 +142,28 @@ def _plan(shapes: tuple) -> tuple:
         element += repeats * block_numel
         i += repeats * period
     if singles_from is not None:
-        plan.append((singles_from[0], singles_from[1], n - singles_from[0], 1, None))
+        plan.append(_singles(shapes, singles_from, n))
     return tuple(plan)
+
+
+def _singles(shapes: tuple, begin: tuple, end: int) -> tuple:
+    """:func:`_plan`'s stretch of single tensors ``shapes[begin[0]:end]`` from element ``begin[1]``."""
+    start, element = begin
+    views, offset = [], 0
+    for shape in shapes[start:end]:
+        views.append((shape, contiguous_strides(shape), offset))
+        offset += shape.numel()
+    return (start, element, end - start, 1, tuple(views))
+
+
+def contiguous_strides(shape: Sequence[int]) -> tuple:
+    """The strides of a contiguous tensor of ``shape``, as torch gives them (a dimension of
+    size 0 or 1 counts as 1 for the strides of the dimensions before it)."""
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(strides))
 
 
 class Run(NamedTuple):
