@@ -86,3 +86,20 @@ def test_compat_launches_no_more_kernels_than_torch(entry, impl):
     except (RuntimeError, NotImplementedError) as e:  # torch's own step reads the device (.item())
         pytest.skip(f"torch.optim.{entry.torch_cls.__name__} ({impl}) reads the device: {e}")
     assert _compat_kernels(entry.compat_cls, entry, impl) <= theirs
+
+
+@pytest.mark.parametrize("device, numel, expected", [
+    ("cpu", 1 << 16, [[0], [1], [2], [3], [4]]),  # a cache-sized tensor: one at a time, as torch's loop
+    ("cpu", 1 << 10, [[0, 1, 2, 3, 4]]),  # small ones batched
+    ("meta", 1 << 22, [[0, 1, 2, 3], [4]]),  # an accelerator: up to ACCELERATOR_LOOP_CHUNK_NUMEL together
+    ("meta", (1 << 24) + 1, [[0], [1], [2], [3], [4]]),  # a tensor larger than that alone
+])
+def test_for_loop_chunks_are_cache_sized_on_the_cpu_and_larger_on_an_accelerator(device, numel, expected):
+    """compat's for-loop runs its kernel over chunks of the group: one large tensor at a time on
+    the CPU (its temporaries stay in cache), up to 2**24 elements on an accelerator, where the
+    step is host-bound and each chunk costs the kernel's Python once per operation."""
+    from compat import optimizer
+
+    assert optimizer.ACCELERATOR_LOOP_CHUNK_NUMEL == 1 << 24
+    params = [torch.empty(numel, device=device) for _ in range(5)]
+    assert optimizer._cache_sized_chunks(params) == expected

@@ -214,3 +214,16 @@ def test_eager_overhead_floor_computes_what_the_functional_step_computes(capsys)
     eager_overhead.main(["--reps", "2"])
     rows = capsys.readouterr().out.splitlines()
     assert [r.split("  ")[0] for r in rows[2:]] == ["torch/foreach", "functional", "functional, no checks", "floor"]
+
+
+def test_loop_host_candidates_step_alike_and_restore_the_chunk_size(capsys):
+    import compat.optimizer as compat_optimizer
+    from benchmarks import loop_host
+
+    before = compat_optimizer.LOOP_CHUNK_NUMEL
+    for name in ("Adam", "SGD", "ASGD"):
+        us, bitwise = loop_host.compare(name, n_params=5, reps=2, warmup=1)
+        assert bitwise and set(us) == set(loop_host.CANDIDATES) and all(v > 0 for v in us.values())
+    assert compat_optimizer.LOOP_CHUNK_NUMEL == before
+    loop_host.main(["--optimizers", "Adagrad", "--params", "3", "--reps", "2"])
+    assert "Adagrad" in capsys.readouterr().out
