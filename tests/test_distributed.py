@@ -33,8 +33,8 @@ sharded tensor are partial (per-shard) until reduced.
 
 A launch whose rank dies of a signal it raised itself (an abort inside torch's or gloo's native
 code: CI once saw glibc's ``malloc(): unaligned tcache chunk detected`` in one rank after 13
-cases had passed, never reproduced in 100 launches here, under glibc's checking allocator
-included) is launched once more; every case must then pass on the fresh launch, and the crash
+cases had passed, never reproduced in 60 launches here, 46 of them under glibc's checking
+allocator) is launched once more; every case must then pass on the fresh launch, and the crash
 is reported as a warning with the crashed rank's log (each rank runs with ``faulthandler`` on,
 so the log ends with the Python stack of every thread at the abort). A second crash fails.
 
