@@ -31,12 +31,15 @@ SparseAdam (sparse gradients) and LBFGS (a closure over the whole objective) are
 Adafactor is the case that matters: its step reads the parameter and update norms, which on a
 sharded tensor are partial (per-shard) until reduced.
 
-A launch whose rank dies of a signal it raised itself (an abort inside torch's or gloo's native
-code: CI once saw glibc's ``malloc(): unaligned tcache chunk detected`` in one rank after 13
-cases had passed, never reproduced in 60 launches here, 46 of them under glibc's checking
-allocator) is launched once more; every case must then pass on the fresh launch, and the crash
+A launch whose rank dies of a signal it raised itself before reporting (an abort inside torch's
+or gloo's native code: CI once saw glibc's ``malloc(): unaligned tcache chunk detected`` in one
+rank after 13 cases had passed, never reproduced in 60 launches here, 46 of them under glibc's
+checking allocator) is launched once more; every case must then pass on the fresh launch, and the crash
 is reported as a warning with the crashed rank's log (each rank runs with ``faulthandler`` on,
 so the log ends with the Python stack of every thread at the abort). A second crash fails.
+A rank that dies of a signal after writing its results (torch 2.11's gloo, now and then, in
+``destroy_process_group``: "terminate called without an active exception") lost nothing: that
+is a warning, not a relaunch.
 
 Run ``python tests/test_distributed.py`` to print every case's maximum error.
 """
@@ -154,7 +157,8 @@ def _loopback_interface() -> str | None:
 
 
 def _launch_once(out_dir: str, cases: list, abort_once: str | None) -> tuple[list, str, bool]:
-    """One launch: ``(per-rank results, the ranks' logs, whether a rank died of its own signal)``."""
+    """One launch: ``(per-rank results, the ranks' logs, whether a rank died of its own signal
+    before it reported)``."""
     port = _free_port()
     env = dict(os.environ)
     env.update(
@@ -211,7 +215,11 @@ def _launch_once(out_dir: str, cases: list, abort_once: str | None) -> tuple[lis
         if os.path.exists(path):
             with open(path) as f:
                 results.append(json.load(f))
-    crashed = not timed_out and any(p.returncode < 0 for p in procs)
+    # (a rank that reported and then died of a signal tearing down, as torch 2.11's gloo sometimes
+    # does in destroy_process_group, "terminate called without an active exception", lost nothing)
+    crashed = not timed_out and any(
+        p.returncode < 0 and not os.path.exists(os.path.join(out_dir, f"rank{rank}.json"))
+        for rank, p in enumerate(procs))
     return results, output, crashed
 
 
@@ -248,6 +256,8 @@ def launched(tmp_path_factory):
     merged, output, crashes = launch(str(tmp_path_factory.mktemp("distributed")))
     for crash in crashes:
         warnings.warn(f"a rank of the first launch died of a signal; launched again:\n{crash}")
+    if merged and "(exit -" in output:
+        warnings.warn(f"a rank died of a signal after it had reported its results:\n{output}")
     if not merged:
         pytest.fail(f"the two ranks reported no results:\n{output}")
     return merged, output
@@ -274,8 +284,7 @@ def test_a_launch_a_rank_aborted_is_launched_again(tmp_path):
     merged, output, crashes = launch(str(tmp_path), [case], abort_once=marker)
     assert len(crashes) == 1 and "(exit -6)" in crashes[0], crashes
     assert "Fatal Python error: Aborted" in crashes[0], crashes[0]  # faulthandler's stack dump
-    assert merged[case]["ok"], output
-    assert "(exit -6)" not in output, output
+    assert merged[case]["ok"], output  # from the second launch, which nothing asked to abort
 
 
 # ---------------------------------------------------------------------------------------------
