@@ -538,9 +538,10 @@ def _cache_sized_chunks(params: list) -> list[list[int]]:
     ``ACCELERATOR_LOOP_CHUNK_NUMEL`` elements: there the kernels run asynchronously and the
     step's time is the host's, and the kernel's Python per chunk (each op of the kernel a method
     call over the chunk's lists) is what a chunk per tensor pays once per tensor and operation:
-    timed on the CPU with a chunk per tensor, 27 tiny parameters, compat's for-loop Adam took
-    1.58x torch's for-loop (NAdam 1.64x, Adagrad 1.82x), as one chunk 1.03x (1.03x, 1.10x),
-    in the range the H200 run measured on CUDA for large tensors (1.14-1.74x). The cost is memory:
+    timed on the CPU with a chunk per tensor, 27 tiny parameters (``benchmarks.loop_host``),
+    compat's for-loop Adam took 1.59x torch's for-loop (NAdam 1.69x, Adagrad 1.82x), as one
+    chunk 0.99x (1.02x, 1.10x); the first are in the range the H200 run measured on CUDA for
+    large tensors (1.14-1.74x). The cost is memory:
     a chunk's temporaries (Adam's denominators) live together, at most that many elements each.
 
     Under torch.compile the chunks are as large as that allows: Inductor fuses across tensors

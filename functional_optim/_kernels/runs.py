@@ -106,9 +106,10 @@ def _plan(shapes: tuple) -> tuple:
     """``(start, first element, period, repeats, block)`` stretches covering the shapes: a
     shortest period repeated at least :data:`MIN_REPEATS` times (``block``: its elements), or
     single tensors (``repeats == 1``; consecutive singles merged into one stretch; ``block``:
-    each one's ``(shape, contiguous strides, offset from the stretch's first element)``). Found once per distinct run of
-    shapes (cached: a layout rebuilt every step, from tensors that are not a known run, finds it
-    again in the cache), comparing each shape's number in order of first appearance."""
+    each one's ``(shape, contiguous strides, offset from the stretch's first element)``). Found
+    once per distinct run of shapes (cached: a layout rebuilt every step, from tensors that are
+    not a known run, finds it again in the cache), comparing each shape's number in order of
+    first appearance."""
     codes: dict = {}
     seq = [codes.setdefault(shape, len(codes)) for shape in shapes]
     numels = [shape.numel() for shape in shapes]
