@@ -34,9 +34,10 @@ sharded tensor are partial (per-shard) until reduced.
 A launch whose rank dies of a signal it raised itself before reporting (an abort inside torch's
 or gloo's native code: CI once saw glibc's ``malloc(): unaligned tcache chunk detected`` in one
 rank after 13 cases had passed, never reproduced in 60 launches here, 46 of them under glibc's
-checking allocator) is launched once more; every case must then pass on the fresh launch, and the crash
-is reported as a warning with the crashed rank's log (each rank runs with ``faulthandler`` on,
-so the log ends with the Python stack of every thread at the abort). A second crash fails.
+checking allocator) is launched once more; every case must then pass on the fresh launch, and
+the crash is reported as a warning with the crashed rank's log (each rank runs with
+``faulthandler`` on, so the log ends with the Python stack of every thread at the abort). A
+second crash fails.
 A rank that dies of a signal after writing its results (torch 2.11's gloo, now and then, in
 ``destroy_process_group``: "terminate called without an active exception") lost nothing: that
 is a warning, not a relaunch.
